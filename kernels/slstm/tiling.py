@@ -1,0 +1,208 @@
+"""Integer-constraint tiling solver for the persistent sLSTM/LSTM kernels (in the spirit of FlashRNN's ConstrINT).
+
+Each program of the kernels owns one head and one tile of `block_b` batch rows and loops over all time steps. Per
+step it walks the head's gate outputs in tiles of `block_e` columns, reducing over the previous hidden state in
+tiles of `block_k`; with `hoist_r` (one tile in each direction) the head's recurrent weights are loaded once,
+before the time loop, and stay on chip for the whole sequence. `num_warps` and `num_stages` (software-pipelining
+depth of the reduction loop) complete a tiling.
+
+`solve` enumerates the integer domains, removes tilings that break a hardware or kernel constraint (shared memory,
+registers per thread and per multiprocessor, warps per tile, head-dim divisibility, grid size) and ranks the rest
+with a small cost model of one time step. The kernels' autotuner only times the top few. When nothing is feasible
+it raises a ValueError naming the constraint that removed the last candidates, before anything is launched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+BLOCKS = (16, 32, 64, 128, 256)
+WARPS = (1, 2, 4, 8, 16)
+STAGES = (1, 2, 3)
+PASSES = ("forward", "backward")
+MAX_GRID_Y = 65535
+# Live fp32 tiles of (block_b, block_e) in the gate epilogue (accumulators, inputs, states, temporaries), per pass.
+LIVE_TILES = {"forward": 16, "backward": 24}
+REGISTER_RESERVE = 40  # addresses, indices, loop counters per thread
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLimits:
+    """What the solver needs to know about the GPU (per program = per thread block)."""
+
+    name: str
+    smem_bytes: int            # shared memory one block may use (opt-in maximum)
+    regs_per_thread: int       # architectural limit, 255 on NVIDIA
+    regs_per_sm: int           # register file of one multiprocessor (32-bit registers)
+    max_warps: int             # warps per block
+    num_sms: int
+    l1_bytes: int              # unified L1/shared memory of one multiprocessor
+    clock_ghz: float
+    mma_flops_per_clk: float   # dense 16-bit tensor-core flops per clock and multiprocessor
+
+
+def nominal_limits() -> DeviceLimits:
+    """H100-SXM-like limits, used where no GPU is visible (CPU interpreter runs, tests)."""
+    return DeviceLimits("nominal-H100", smem_bytes=232448, regs_per_thread=255, regs_per_sm=65536, max_warps=32,
+                        num_sms=132, l1_bytes=262144, clock_ghz=1.75, mma_flops_per_clk=4096.0)
+
+
+def device_limits(device: torch.device | None = None) -> DeviceLimits:
+    """Limits of a CUDA device read from its properties; nominal limits without one."""
+    if device is None or device.type != "cuda":
+        return nominal_limits()
+    p = torch.cuda.get_device_properties(device)
+    clock = getattr(p, "clock_rate", 0) / 1e6 or 1.5  # kHz -> GHz
+    return DeviceLimits(p.name, smem_bytes=p.shared_memory_per_block_optin, regs_per_thread=255,
+                        regs_per_sm=p.regs_per_multiprocessor, max_warps=p.max_threads_per_block // 32,
+                        num_sms=p.multi_processor_count, l1_bytes=max(p.shared_memory_per_multiprocessor, 131072),
+                        clock_ghz=clock, mma_flops_per_clk=4096.0 if p.major >= 9 else 2048.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """One launch configuration of the persistent kernels; `cost_us` is the model's time per step."""
+
+    block_b: int
+    block_e: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    hoist_r: bool
+    cost_us: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What the tiling depends on: head dim, batch, heads, operand bytes (2 for bf16/fp16, 4 for fp32), pass."""
+
+    head_dim: int
+    batch: int
+    num_heads: int
+    elem_bytes: int
+    pass_: str = "forward"
+
+    def __post_init__(self):
+        for name in ("head_dim", "batch", "num_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.elem_bytes not in (2, 4):
+            raise ValueError(f"elem_bytes must be 2 (bf16/fp16) or 4 (fp32), got {self.elem_bytes}")
+        if self.pass_ not in PASSES:
+            raise ValueError(f"pass_ must be one of {PASSES}, got {self.pass_!r}")
+
+
+def _pow2_at_least(n: int, floor: int = 16) -> int:
+    return max(floor, 1 << (n - 1).bit_length())
+
+
+def _register_estimate(p: Problem, bb: int, be: int, bk: int, warps: int, hoist: bool) -> float:
+    threads = 32 * warps
+    epilogue = LIVE_TILES[p.pass_] * bb * be
+    operands = (bb * bk + 4 * bk * be) * p.elem_bytes / 4  # the weight fragments are the resident copy when hoisted
+    return (epilogue + operands) / threads + REGISTER_RESERVE
+
+
+def _smem_estimate(p: Problem, bb: int, be: int, bk: int, stages: int, hoist: bool) -> int:
+    weights = (1 if hoist else stages) * 4 * bk * be * p.elem_bytes
+    state = stages * bb * bk * p.elem_bytes
+    layout_scratch = bb * be * 4  # one fp32 tile converted between the MMA and the elementwise layout
+    return weights + state + layout_scratch
+
+
+def _violations(p: Problem, lim: DeviceLimits, t: Tiling) -> list[str]:
+    """Names of the constraints a tiling breaks (empty when feasible)."""
+    dh_tiles = _pow2_at_least(p.head_dim)
+    dh16 = 16 * math.ceil(p.head_dim / 16)
+    out = []
+    for name, blk in (("block_e", t.block_e), ("block_k", t.block_k)):
+        if blk > dh_tiles:
+            out.append(f"{name} <= head tile {dh_tiles}")
+        elif blk != dh_tiles and dh16 % blk:
+            out.append(f"{name} divides head_dim rounded to 16 ({dh16})")
+    if t.block_b > _pow2_at_least(p.batch):
+        out.append("block_b <= batch rounded up to a power of two (min 16)")
+    if t.hoist_r and (t.block_e != dh_tiles or t.block_k != dh_tiles):
+        out.append("hoisted weights need one tile over the whole head")
+    if t.num_warps > lim.max_warps:
+        out.append(f"num_warps <= {lim.max_warps}")
+    if (t.block_b // 16) * (t.block_e // 8) < t.num_warps:
+        out.append("every warp owns at least one 16x8 MMA tile")
+    if t.num_stages > 1 and (t.hoist_r or t.block_k >= p.head_dim):
+        out.append("pipelining needs a reduction loop of several tiles")
+    regs = _register_estimate(p, t.block_b, t.block_e, t.block_k, t.num_warps, t.hoist_r)
+    if regs > lim.regs_per_thread:
+        out.append(f"registers per thread {regs:.0f} <= {lim.regs_per_thread}")
+    if min(regs, lim.regs_per_thread) * 32 * t.num_warps > lim.regs_per_sm:
+        out.append(f"registers per block <= {lim.regs_per_sm}")
+    smem = _smem_estimate(p, t.block_b, t.block_e, t.block_k, t.num_stages, t.hoist_r)
+    if smem > lim.smem_bytes:
+        out.append(f"shared memory {smem} B <= {lim.smem_bytes} B")
+    if math.ceil(p.batch / t.block_b) > MAX_GRID_Y:
+        out.append(f"batch tiles <= {MAX_GRID_Y}")
+    return out
+
+
+def step_cost_us(p: Problem, lim: DeviceLimits, t: Tiling) -> float:
+    """Modelled time of one recurrent step (microseconds): weight traffic, MMA, latency, gate math, in waves.
+
+    Rough by design (constants are typical Hopper figures): it only has to order candidates well enough that the
+    autotuner's few measurements include the best one.
+    """
+    clk = lim.clock_ghz * 1e3  # cycles per microsecond
+    n_e = math.ceil(p.head_dim / t.block_e)
+    n_k = math.ceil(p.head_dim / t.block_k)
+    w_bytes = 4 * p.head_dim * p.head_dim * p.elem_bytes
+    if t.hoist_r:
+        bytes_per_clk, latency = float("inf"), 30.0
+    elif w_bytes + _smem_estimate(p, t.block_b, t.block_e, t.block_k, t.num_stages, False) <= lim.l1_bytes * 0.8:
+        bytes_per_clk, latency = 128.0, 40.0    # the head's weights stay in L1 across steps
+    else:
+        bytes_per_clk, latency = 64.0, 300.0    # streamed from L2 every step
+    traffic = w_bytes / bytes_per_clk
+    flops = 2 * t.block_b * (n_k * t.block_k) * 4 * (n_e * t.block_e)
+    rate = lim.mma_flops_per_clk * (1.0 if p.elem_bytes == 2 else 1 / 32)  # fp32 operands run on the FMA units
+    mma = flops / (rate * min(1.0, t.num_warps / 4))
+    hidden_latency = n_e * n_k * latency / (t.num_stages if n_k > 1 else 1)
+    gate_math = 60 * t.block_b * n_e * t.block_e / (32 * t.num_warps) + 20 * n_e  # elementwise + per-tile overhead
+    waves = math.ceil(p.num_heads * math.ceil(p.batch / t.block_b) / lim.num_sms)
+    return waves * (max(traffic, mma) + hidden_latency + gate_math + 500) / clk  # + a barrier and x/state loads
+
+
+def candidates(p: Problem, lim: DeviceLimits) -> tuple[list[Tiling], dict[str, int]]:
+    """All tilings of the integer domains that satisfy every constraint, ranked by modelled step time.
+
+    Also returns, per constraint, how many tilings it removed (for the error message when none is left).
+    """
+    feasible, removed = [], {}
+    for bb in BLOCKS[:4]:
+        for be in BLOCKS:
+            for bk in BLOCKS:
+                for warps in WARPS:
+                    for stages in STAGES:
+                        for hoist in (False, True):
+                            t = Tiling(bb, be, bk, warps, stages, hoist)
+                            broken = _violations(p, lim, t)
+                            for name in broken:
+                                removed[name] = removed.get(name, 0) + 1
+                            if not broken:
+                                feasible.append(dataclasses.replace(t, cost_us=step_cost_us(p, lim, t)))
+    feasible.sort(key=lambda t: (t.cost_us, -t.block_b, t.num_warps))
+    return feasible, removed
+
+
+def solve(p: Problem, lim: DeviceLimits | None = None, top_k: int = 4) -> list[Tiling]:
+    """The `top_k` best feasible tilings; ValueError (before any launch) when there is none."""
+    lim = lim or nominal_limits()
+    feasible, removed = candidates(p, lim)
+    if not feasible:
+        worst = sorted(removed.items(), key=lambda kv: -kv[1])[:3]
+        raise ValueError(
+            f"no feasible sLSTM kernel tiling for head_dim={p.head_dim}, batch={p.batch}, num_heads={p.num_heads}, "
+            f"{p.elem_bytes}-byte operands ({p.pass_}) on {lim.name}; most restrictive constraints: "
+            + "; ".join(f"{name} (removed {n})" for name, n in worst)
+            + ". Use backend='torch' for this shape."
+        )
+    return feasible[:top_k]
