@@ -1,0 +1,46 @@
+"""Depthwise convolutions over the token sequence: causal 1-D with a carried state, and 2-D on a token grid (ViL)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal conv over (B, T, D). The state is the last kernel_size - 1 inputs, so a sequence processed
+    in pieces (or token by token) gives the same output as processed whole."""
+
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(dim, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        nn.init.kaiming_uniform_(self.weight.view(dim, 1, kernel_size), a=5**0.5)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, D = x.shape
+        if state is None:
+            state = x.new_zeros(B, self.kernel_size - 1, D)
+        full = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+T, D)
+        if T == 1:  # decoding: a dot product per channel, no conv launch
+            y = (full * self.weight.t().to(x.dtype)).sum(1, keepdim=True) + self.bias.to(x.dtype)
+        else:
+            y = F.conv1d(full.transpose(1, 2), self.weight.unsqueeze(1).to(x.dtype), self.bias.to(x.dtype),
+                         groups=D).transpose(1, 2)
+        return y, full[:, full.shape[1] - (self.kernel_size - 1):]
+
+
+class GridConv2d(nn.Module):
+    """Depthwise k x k conv on tokens laid out row-major on an (H, W) grid (same padding, not causal)."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        B, T, D = x.shape
+        H, W = grid
+        if H * W != T:
+            raise ValueError(f"grid {grid} holds {H * W} tokens but the sequence has {T}")
+        y = self.conv(x.transpose(1, 2).reshape(B, D, H, W))
+        return y.flatten(2).transpose(1, 2)

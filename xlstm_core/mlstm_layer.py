@@ -1,0 +1,153 @@
+"""mLSTM layers: the pre-up layer of the xLSTM paper / ViL and the post-up layer of xLSTM-7B."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import mlstm, mlstm_step
+from xlstm_core.config import xLSTMBlockStackConfig
+from xlstm_core.conv import CausalConv1d, GridConv2d
+from xlstm_core.linear import BlockDiagonalLinear
+from xlstm_core.norms import MultiHeadNorm
+from xlstm_core.state import LayerState
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(x / cap): bounds pre-activations smoothly (xLSTM-7B gates and logits)."""
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
+def small_init_(weight: torch.Tensor, dim: int) -> None:
+    nn.init.normal_(weight, std=math.sqrt(2 / (5 * dim)))
+
+
+def wang_init_(weight: torch.Tensor, dim: int, num_blocks: int) -> None:
+    nn.init.normal_(weight, std=2 / num_blocks / math.sqrt(dim))
+
+
+def run_mlstm_cell(cfg: xLSTMBlockStackConfig, q, k, v, igate, fgate, state, return_state: bool):
+    """Run the mLSTM operator on (B, T, NH, D) projections and (B, T, NH) gates; returns h (B, T, NH, DHV).
+
+    A single token with a state to carry takes the step kernel; everything else the chunkwise operator.
+    """
+    if q.shape[1] == 1 and (state is not None or return_state):
+        h, new_state = mlstm_step(q[:, 0], k[:, 0], v[:, 0], igate=igate[:, 0], fgate=fgate[:, 0], state=state,
+                                  variant=cfg.mlstm_variant, backend=cfg.backend)
+        return h.unsqueeze(1), new_state
+    out = mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), igate=igate.transpose(1, 2),
+                fgate=fgate.transpose(1, 2), variant=cfg.mlstm_variant, chunk_size=cfg.chunk_size,
+                initial_state=state, return_last_state=return_state, backend=cfg.backend)
+    h, new_state = out if return_state else (out, None)
+    return h.transpose(1, 2), new_state
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
+
+
+class mLSTMPreUpLayer(nn.Module):
+    """xLSTM-paper mLSTM layer: up-project, conv + SiLU for q/k, block-diagonal q/k/v, gates from (q, k, v),
+    per-head norm, learnable skip, SiLU output gate, down-project. conv_mode="grid2d" is ViL's 3x3 token-grid conv."""
+
+    def __init__(self, cfg: xLSTMBlockStackConfig):
+        super().__init__()
+        self.cfg = cfg
+        E, inner, NH = cfg.embedding_dim, cfg.inner_dim, cfg.num_heads
+        self.proj_up = nn.Linear(E, 2 * inner, bias=cfg.bias)
+        if cfg.conv_mode == "causal1d":
+            self.conv = CausalConv1d(inner, cfg.conv_kernel_size)
+        else:
+            self.conv = GridConv2d(inner, cfg.conv_kernel_size)
+        qkv_blocks = inner // cfg.qkv_block_size
+        self.q, self.k, self.v = (BlockDiagonalLinear(inner, qkv_blocks, bias=cfg.bias) for _ in range(3))
+        self.igate = nn.Linear(3 * inner, NH)
+        self.fgate = nn.Linear(3 * inner, NH)
+        self.norm = MultiHeadNorm(NH, inner // NH, "layernorm", eps=1e-6)
+        self.skip = nn.Parameter(torch.ones(inner))
+        self.proj_down = nn.Linear(inner, E, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        cfg = self.cfg
+        small_init_(self.proj_up.weight, cfg.embedding_dim)
+        wang_init_(self.proj_down.weight, cfg.inner_dim, cfg.num_blocks)
+        for gate in (self.igate, self.fgate):
+            nn.init.zeros_(gate.weight)
+        nn.init.normal_(self.igate.bias, std=0.1)
+        with torch.no_grad():
+            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, cfg.num_heads))
+        for lin in (self.proj_up, self.proj_down):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
+                grid: tuple[int, int] | None = None):
+        NH = self.cfg.num_heads
+        x_inner, z = self.proj_up(x).chunk(2, dim=-1)
+        if isinstance(self.conv, CausalConv1d):
+            x_conv, conv_state = self.conv(x_inner, None if state is None else state.conv)
+        else:
+            if state is not None or return_state:
+                raise ValueError("a grid2d (non-causal) mLSTM layer has no recurrent state to carry")
+            if grid is None:
+                raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
+            x_conv, conv_state = self.conv(x_inner, grid), None
+        x_conv = F.silu(x_conv)
+        q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_inner)
+        gate_in = torch.cat([q, k, v], dim=-1)
+        h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), self.igate(gate_in),
+                                       self.fgate(gate_in), None if state is None else state.cell, return_state)
+        h = (self.norm(h) + self.skip * x_conv) * F.silu(z)
+        y = self.dropout(self.proj_down(h))
+        return (y, LayerState(conv_state, cell_state)) if return_state else y
+
+
+class mLSTMPostUpLayer(nn.Module):
+    """xLSTM-7B mLSTM layer: q/k (dim E*qk_dim_factor), v (E*v_dim_factor) and a sigmoid output gate straight from
+    the normed input, soft-capped input/forget gates, per-head RMS norm, output projection. No conv, no up-projection
+    (the block's FFN does that after the cell)."""
+
+    def __init__(self, cfg: xLSTMBlockStackConfig):
+        super().__init__()
+        self.cfg = cfg
+        E, NH = cfg.embedding_dim, cfg.num_heads
+        self.qk_dim = int(E * cfg.qk_dim_factor)
+        self.v_dim = int(E * cfg.v_dim_factor)
+        if self.qk_dim % NH or self.v_dim % NH:
+            raise ValueError(f"q/k dim {self.qk_dim} and v dim {self.v_dim} must be divisible by num_heads={NH}")
+        self.q = nn.Linear(E, self.qk_dim, bias=cfg.bias)
+        self.k = nn.Linear(E, self.qk_dim, bias=cfg.bias)
+        self.v = nn.Linear(E, self.v_dim, bias=cfg.bias)
+        self.ogate = nn.Linear(E, self.v_dim, bias=cfg.bias)
+        self.igate = nn.Linear(E, NH, bias=True)
+        self.fgate = nn.Linear(E, NH, bias=True)
+        self.norm = MultiHeadNorm(NH, self.v_dim // NH, "rmsnorm", eps=cfg.norm_eps)
+        self.out = nn.Linear(self.v_dim, E, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        cfg = self.cfg
+        E = cfg.embedding_dim
+        for lin in (self.q, self.k, self.v, self.ogate, self.igate, self.fgate):
+            small_init_(lin.weight, E)
+        wang_init_(self.out.weight, self.v_dim, cfg.num_blocks)
+        with torch.no_grad():
+            self.igate.bias.fill_(cfg.igate_bias_init)
+            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, cfg.num_heads))
+        for lin in (self.q, self.k, self.v, self.ogate, self.out):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
+                grid: tuple[int, int] | None = None):
+        NH, cap = self.cfg.num_heads, self.cfg.gate_soft_cap
+        q, k, v = _heads(self.q(x), NH), _heads(self.k(x), NH), _heads(self.v(x), NH)
+        i, f = soft_cap(self.igate(x), cap), soft_cap(self.fgate(x), cap)
+        h, cell_state = run_mlstm_cell(self.cfg, q, k, v, i, f, None if state is None else state.cell, return_state)
+        y = self.dropout(self.out(torch.sigmoid(self.ogate(x)) * self.norm(h)))
+        return (y, LayerState(None, cell_state)) if return_state else y
