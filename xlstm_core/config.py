@@ -43,6 +43,7 @@ class xLSTMBlockStackConfig:
     conv_kernel_size: int = 4  # causal1d: taps over time (4); grid2d: k x k on the token grid (ViL uses 3)
     conv_mode: str = "causal1d"
     qkv_block_size: int = 4
+    cell_norm_bias: bool = False  # a bias on the per-head norm after the cell (published ViL checkpoints have one)
     # post-up mLSTM layer (xLSTM-7B)
     qk_dim_factor: float = 0.5
     v_dim_factor: float = 1.0

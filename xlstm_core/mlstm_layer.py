@@ -66,6 +66,7 @@ class mLSTMPreUpLayer(nn.Module):
         self.igate = nn.Linear(3 * inner, NH)
         self.fgate = nn.Linear(3 * inner, NH)
         self.norm = MultiHeadNorm(NH, inner // NH, "layernorm", eps=1e-6)
+        self.norm_bias = nn.Parameter(torch.zeros(inner)) if cfg.cell_norm_bias else None
         self.skip = nn.Parameter(torch.ones(inner))
         self.proj_down = nn.Linear(inner, E, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -83,6 +84,8 @@ class mLSTMPreUpLayer(nn.Module):
         for lin in (self.proj_up, self.proj_down):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
+        if self.norm_bias is not None:
+            nn.init.zeros_(self.norm_bias)
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None):
@@ -101,7 +104,8 @@ class mLSTMPreUpLayer(nn.Module):
         gate_in = torch.cat([q, k, v], dim=-1)
         h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), self.igate(gate_in),
                                        self.fgate(gate_in), None if state is None else state.cell, return_state)
-        h = (self.norm(h) + self.skip * x_conv) * F.silu(z)
+        h = self.norm(h) if self.norm_bias is None else self.norm(h) + self.norm_bias
+        h = (h + self.skip * x_conv) * F.silu(z)
         y = self.dropout(self.proj_down(h))
         return (y, LayerState(conv_state, cell_state)) if return_state else y
 

@@ -1,0 +1,1 @@
+"""Quickstart: train a small mixed mLSTM/sLSTM language model on the Python standard library's sources."""
