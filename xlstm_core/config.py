@@ -44,6 +44,9 @@ class xLSTMBlockStackConfig:
     conv_mode: str = "causal1d"
     qkv_block_size: int = 4
     cell_norm_bias: bool = False  # a bias on the per-head norm after the cell (published ViL checkpoints have one)
+    # compute q/k/v as dense matmuls with the block-diagonal weights (q and k fused into one): same parameters, more
+    # FLOPs, but a few large GEMMs instead of a batched matmul over inner/qkv_block_size tiny blocks
+    dense_qkv: bool = False
     # post-up mLSTM layer (xLSTM-7B)
     qk_dim_factor: float = 0.5
     v_dim_factor: float = 1.0

@@ -87,6 +87,14 @@ class mLSTMPreUpLayer(nn.Module):
         if self.norm_bias is not None:
             nn.init.zeros_(self.norm_bias)
 
+    def _qkv(self, x_conv: torch.Tensor, x_inner: torch.Tensor):
+        if not self.cfg.dense_qkv:
+            return self.q(x_conv), self.k(x_conv), self.v(x_inner)
+        w_qk = torch.cat([torch.block_diag(*self.q.weight), torch.block_diag(*self.k.weight)], dim=1)
+        b_qk = None if self.q.bias is None else torch.cat([self.q.bias, self.k.bias])
+        q, k = F.linear(x_conv, w_qk.t(), b_qk).chunk(2, dim=-1)
+        return q, k, F.linear(x_inner, torch.block_diag(*self.v.weight).t(), self.v.bias)
+
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None):
         NH = self.cfg.num_heads
@@ -100,7 +108,7 @@ class mLSTMPreUpLayer(nn.Module):
                 raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
             x_conv, conv_state = self.conv(x_inner, grid), None
         x_conv = F.silu(x_conv)
-        q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_inner)
+        q, k, v = self._qkv(x_conv, x_inner)
         gate_in = torch.cat([q, k, v], dim=-1)
         h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), self.igate(gate_in),
                                        self.fgate(gate_in), None if state is None else state.cell, return_state)

@@ -68,7 +68,7 @@ def train_lm(model, corpus, cfg: TrainConfig, out_dir: str | Path, device: str |
     model.to(device).train()
     optimizer = make_optimizer(model, cfg)
     g = torch.Generator().manual_seed(cfg.seed)
-    start, history = 0, []
+    start, history, running = 0, [], None
     if resume and state_path.exists():
         saved = torch.load(state_path, map_location=device, weights_only=False)
         if saved["config"] != asdict(cfg):
@@ -76,8 +76,7 @@ def train_lm(model, corpus, cfg: TrainConfig, out_dir: str | Path, device: str |
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         g.set_state(saved["rng"])
-        start, history = saved["step"], saved["history"]
-    running = None
+        start, history, running = saved["step"], saved["history"], saved["running_loss"]
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step")
     for step in bar:
         for group in optimizer.param_groups:
@@ -96,7 +95,8 @@ def train_lm(model, corpus, cfg: TrainConfig, out_dir: str | Path, device: str |
                             "lr": optimizer.param_groups[0]["lr"]})
             bar.write(f"step {step + 1}: train {running:.3f}  val {history[-1]['val_loss']:.3f} nats/byte")
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": g.get_state(),
-                        "step": step + 1, "history": history, "config": asdict(cfg)}, state_path)
+                        "step": step + 1, "history": history, "running_loss": running,
+                        "config": asdict(cfg)}, state_path)
     write_metrics(history, out_dir / "metrics.csv")
     return history
 

@@ -1,9 +1,11 @@
 """Formal-language tasks (after Delétang et al., 2023, as extended in the xLSTM paper) for length extrapolation.
 
 Each task maps an input string over a small alphabet to one class. A sample is encoded as
-`[symbol tokens..., QUERY]` and the model is scored at the QUERY position only, on the task's class tokens. Labels
-always come from `task.answer(symbols)`, a direct implementation of the task's definition; samplers only decide
-which strings to show (e.g. half balanced, half corrupted for Dyck).
+`[symbol tokens..., QUERY]` and the model is scored at the QUERY position, on the task's class tokens
+(supervision="final", as in the papers). supervision="prefix" also scores every position whose prefix is itself a
+valid instance (e.g. the parity of each prefix): a denser training signal that makes the tasks learnable within a
+few hundred steps; evaluation always uses the final answer only. Labels always come from `task.answer(symbols)`, a
+direct implementation of the task's definition; samplers only decide which strings to show.
 
 Token layout per task: 0 = PAD, 1 = QUERY ("="), then the input symbols, then the classes.
 """
@@ -39,6 +41,11 @@ class FormalTask(ABC):
     @abstractmethod
     def answer(self, symbols: Sequence[int]) -> int:
         """The class index of an input string."""
+
+    def label(self, symbols: Sequence[int]) -> int | None:
+        """answer(symbols), or None where the string is not an instance of the task (wrong length, malformed,
+        ambiguous)."""
+        return self.answer(symbols) if self.valid_length(len(symbols)) else None
 
     @property
     def vocab_size(self) -> int:
@@ -146,6 +153,12 @@ class ModularArithmetic(FormalTask):
             raise ValueError(f"not a well-formed expression: {self.render_input(symbols)!r}")
         return value
 
+    def label(self, symbols: Sequence[int]) -> int | None:
+        try:
+            return self.answer(symbols)
+        except ValueError:
+            return None
+
     def render_input(self, symbols: Sequence[int]) -> str:
         return "".join(self.symbols[s] for s in symbols)
 
@@ -197,6 +210,10 @@ class Majority(FormalTask):
 
     def answer(self, symbols: Sequence[int]) -> int:
         return int(np.argmax(np.bincount(np.asarray(symbols), minlength=len(self.symbols))))
+
+    def label(self, symbols: Sequence[int]) -> int | None:
+        counts = np.bincount(np.asarray(symbols), minlength=len(self.symbols))
+        return int(np.argmax(counts)) if (counts == counts.max()).sum() == 1 else None
 
 
 class Dyck(FormalTask):
@@ -277,16 +294,27 @@ def check_disjoint(train: tuple[int, int], test: tuple[int, int]) -> None:
                          f"test={tuple(test)}")
 
 
-def sample_batch(task: FormalTask, lengths: Sequence[int], num_samples: int, rng: Rng) -> TaskBatch:
-    """`num_samples` strings with lengths drawn uniformly from `lengths`, scored at the QUERY position."""
+SUPERVISION = ("final", "prefix")
+
+
+def sample_batch(task: FormalTask, lengths: Sequence[int], num_samples: int, rng: Rng,
+                 supervision: str = "final") -> TaskBatch:
+    """`num_samples` strings with lengths drawn uniformly from `lengths`, scored at the QUERY position (and, with
+    supervision="prefix", after every symbol that completes a valid prefix instance)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if supervision not in SUPERVISION:
+        raise ValueError(f"supervision must be one of {SUPERVISION}, got {supervision!r}")
     sequences, targets = [], []
     for length in rng.choice(np.asarray(lengths), num_samples):
         symbols = task.sample_input(rng, int(length))
-        tokens = task.encode(symbols)
-        sequences.append(tokens)
-        targets.append([IGNORE] * (len(tokens) - 1) + [task.answer(symbols)])
+        sequences.append(task.encode(symbols))
+        if supervision == "prefix":
+            prefix = [task.label(symbols[: i + 1]) for i in range(len(symbols) - 1)]
+            prefix = [IGNORE if y is None else y for y in prefix]
+        else:
+            prefix = [IGNORE] * (len(symbols) - 1)
+        targets.append(prefix + [IGNORE, task.answer(symbols)])
     return pad_batch(sequences, targets, task.candidates, PAD)
 
 
