@@ -120,7 +120,7 @@ class mLSTMPreUpLayer(nn.Module):
 
 class mLSTMPostUpLayer(nn.Module):
     """xLSTM-7B mLSTM layer: q/k (dim E*qk_dim_factor), v (E*v_dim_factor) and a sigmoid output gate straight from
-    the normed input, soft-capped input/forget gates, per-head RMS norm, output projection. No conv, no up-projection
+    the normed input, soft-capped input/forget gates, per-head layer norm, output projection. No conv, no up-projection
     (the block's FFN does that after the cell)."""
 
     def __init__(self, cfg: xLSTMBlockStackConfig):
@@ -137,7 +137,7 @@ class mLSTMPostUpLayer(nn.Module):
         self.ogate = nn.Linear(E, self.v_dim, bias=cfg.bias)
         self.igate = nn.Linear(E, NH, bias=True)
         self.fgate = nn.Linear(E, NH, bias=True)
-        self.norm = MultiHeadNorm(NH, self.v_dim // NH, "rmsnorm", eps=cfg.norm_eps)
+        self.norm = MultiHeadNorm(NH, self.v_dim // NH, "layernorm", eps=cfg.norm_eps)
         self.out = nn.Linear(self.v_dim, E, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.reset_parameters()

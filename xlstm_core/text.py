@@ -51,14 +51,6 @@ class ByteCorpus:
         log_p = (counts / counts.sum()).log()
         return float(-log_p[self.splits["val"]].mean())
 
-    @staticmethod
-    def decode(tokens) -> str:
-        return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
-
-    @staticmethod
-    def encode(text: str) -> torch.Tensor:
-        return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
-
 
 def bits_per_byte(loss_nats: float) -> float:
     return loss_nats / math.log(2)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xlstm_core import save_pretrained, xLSTMLM, xLSTMLMConfig
 from xlstm_core.text import ByteCorpus, bits_per_byte
+from xlstm_core.tokenizer import ByteTokenizer
 from xlstm_core.training import TrainConfig, train_lm
 
 matplotlib.use("Agg")
@@ -56,11 +57,12 @@ def main(cfg: DictConfig) -> None:
     print(f"validation loss {final:.3f} nats/byte ({bits_per_byte(final):.2f} bits/byte) vs unigram {unigram:.3f}: "
           f"{100 * (1 - final / unigram):.0f}% below")
     model.eval()
-    prompt = ByteCorpus.encode(cfg.sample.prompt)
+    tokenizer = ByteTokenizer()
+    prompt = tokenizer.encode(cfg.sample.prompt)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     new = model.generate(prompt, cfg.sample.max_new_tokens, temperature=cfg.sample.temperature,
                          top_k=cfg.sample.top_k, generator=generator)
-    print("sample:\n" + ByteCorpus.decode(torch.cat([prompt, new[0]])))
+    print("sample:\n" + tokenizer.decode(torch.cat([prompt, new[0]])))
     print(f"wrote {out_dir / 'loss_curve.png'}, {out_dir / 'metrics.csv'} and {out_dir / 'checkpoint'}")
 
 
