@@ -23,16 +23,18 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """Map the user's choice to a concrete backend.
 
-    "auto" picks Triton on CUDA devices (when Triton imports) and PyTorch elsewhere; an explicit "triton" on a CPU
-    tensor is allowed only under TRITON_INTERPRET=1, which is how the kernels are tested without a GPU.
+    "auto" picks Triton on CUDA devices (when Triton imports) and PyTorch elsewhere, and PyTorch for fp64, which the
+    kernels do not compute in; an explicit "triton" on a CPU tensor is allowed only under TRITON_INTERPRET=1, which
+    is how the kernels are tested without a GPU.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        use_triton = device.type == "cuda" and dtype != torch.float64 and triton_available()
+        return "triton" if use_triton else "torch"
     if backend == "triton":
         if not triton_available():
             raise ValueError("backend='triton' requested but triton is not installed")

@@ -101,7 +101,7 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torch.Ten
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, S)
     if initial_state is not None:
         _check_state(initial_state, n_seq, NH, DQK, v.shape[-1])
-    chosen = resolve_backend(backend, q.device)
+    chosen = resolve_backend(backend, q.device, q.dtype)
     if chosen == "triton" and form == "parallel":
         if backend == "triton":
             raise ValueError("the Triton backend has chunkwise and recurrent forms; use form='chunkwise'")
@@ -150,7 +150,7 @@ def mlstm_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torc
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if state is not None:
         _check_state(state, B, NH, DQK, v.shape[-1])
-    if resolve_backend(backend, q.device) == "triton":
+    if resolve_backend(backend, q.device, q.dtype) == "triton":
         from kernels.mlstm.step_triton import mlstm_step_triton
 
         return mlstm_step_triton(q, k, v, igate, fgate, state, variant=variant, normalize=normalize, eps=eps,

@@ -43,7 +43,7 @@ def slstm(x: torch.Tensor, *, recurrent_weight: torch.Tensor, bias: torch.Tensor
         for name, s in zip("cnmh", initial_state):
             check_shape(f"initial_state {name}", s, (B, hidden), "(B, NH*DH)")
     check_same_device(x=x, recurrent_weight=recurrent_weight, bias=bias)
-    if resolve_backend(backend, x.device) == "triton":
+    if resolve_backend(backend, x.device, x.dtype) == "triton":
         from kernels.slstm.triton import slstm_triton
 
         return slstm_triton(x, recurrent_weight, bias, num_heads, initial_state=initial_state,

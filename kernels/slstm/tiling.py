@@ -14,17 +14,18 @@ it raises a ValueError naming the constraint that removed the last candidates, b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
 
 BLOCKS = (16, 32, 64, 128, 256)
 WARPS = (1, 2, 4, 8, 16)
-STAGES = (1, 2, 3)
+STAGES = (1, 2, 3, 4)
 PASSES = ("forward", "backward")
 MAX_GRID_Y = 65535
 # Live fp32 tiles of (block_b, block_e) in the gate epilogue (accumulators, inputs, states, temporaries), per pass.
-LIVE_TILES = {"forward": 16, "backward": 24}
+LIVE_TILES = {"forward": 10, "backward": 14}
 REGISTER_RESERVE = 40  # addresses, indices, loop counters per thread
 
 
@@ -53,7 +54,12 @@ def device_limits(device: torch.device | None = None) -> DeviceLimits:
     """Limits of a CUDA device read from its properties; nominal limits without one."""
     if device is None or device.type != "cuda":
         return nominal_limits()
-    p = torch.cuda.get_device_properties(device)
+    return _cuda_limits(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_limits(index: int) -> DeviceLimits:
+    p = torch.cuda.get_device_properties(index)
     clock = getattr(p, "clock_rate", 0) / 1e6 or 1.5  # kHz -> GHz
     return DeviceLimits(p.name, smem_bytes=p.shared_memory_per_block_optin, regs_per_thread=255,
                         regs_per_sm=p.regs_per_multiprocessor, max_warps=p.max_threads_per_block // 32,
@@ -98,77 +104,100 @@ def _pow2_at_least(n: int, floor: int = 16) -> int:
     return max(floor, 1 << (n - 1).bit_length())
 
 
+def head_tile(head_dim: int) -> int:
+    """The head dim rounded up to a power of two (at least 16): the widest tile over a head."""
+    return _pow2_at_least(head_dim)
+
+
+def _product_width(p: Problem, be: int) -> int:
+    """Output width of one recurrent matmul: a gate-output tile forward, the whole head backward (dh_{t-1})."""
+    return head_tile(p.head_dim) if p.pass_ == "backward" else be
+
+
 def _register_estimate(p: Problem, bb: int, be: int, bk: int, warps: int, hoist: bool) -> float:
     threads = 32 * warps
     epilogue = LIVE_TILES[p.pass_] * bb * be
-    operands = (bb * bk + 4 * bk * be) * p.elem_bytes / 4  # the weight fragments are the resident copy when hoisted
+    # Pipelined weight tiles wait in shared memory; about one gate's fragments are live in registers at a time
+    # (hoisted weights are all live).
+    weight_tiles = 4 if hoist else 1
+    operands = (bb * bk + weight_tiles * bk * _product_width(p, be)) * p.elem_bytes / 4
     return (epilogue + operands) / threads + REGISTER_RESERVE
 
 
 def _smem_estimate(p: Problem, bb: int, be: int, bk: int, stages: int, hoist: bool) -> int:
-    weights = (1 if hoist else stages) * 4 * bk * be * p.elem_bytes
-    state = stages * bb * bk * p.elem_bytes
-    layout_scratch = bb * be * 4  # one fp32 tile converted between the MMA and the elementwise layout
+    width = _product_width(p, be)
+    weights = (1 if hoist else stages) * 4 * bk * width * p.elem_bytes
+    state = stages * (4 if p.pass_ == "backward" else 1) * bb * bk * p.elem_bytes  # h tile, or 4 dG tiles
+    layout_scratch = bb * max(be, width) * 4  # one fp32 tile converted between the MMA and elementwise layouts
     return weights + state + layout_scratch
 
 
 def _violations(p: Problem, lim: DeviceLimits, t: Tiling) -> list[str]:
-    """Names of the constraints a tiling breaks (empty when feasible)."""
+    """The constraints a tiling breaks as "name: detail" (empty when feasible)."""
     dh_tiles = _pow2_at_least(p.head_dim)
     dh16 = 16 * math.ceil(p.head_dim / 16)
     out = []
     for name, blk in (("block_e", t.block_e), ("block_k", t.block_k)):
         if blk > dh_tiles:
-            out.append(f"{name} <= head tile {dh_tiles}")
+            out.append(f"{name} fits the head: {blk} > {dh_tiles}")
         elif blk != dh_tiles and dh16 % blk:
-            out.append(f"{name} divides head_dim rounded to 16 ({dh16})")
+            out.append(f"{name} divides head_dim rounded to 16: {dh16} % {blk} != 0")
     if t.block_b > _pow2_at_least(p.batch):
-        out.append("block_b <= batch rounded up to a power of two (min 16)")
+        out.append(f"block_b fits the batch: {t.block_b} > {_pow2_at_least(p.batch)}")
     if t.hoist_r and (t.block_e != dh_tiles or t.block_k != dh_tiles):
         out.append("hoisted weights need one tile over the whole head")
     if t.num_warps > lim.max_warps:
-        out.append(f"num_warps <= {lim.max_warps}")
+        out.append(f"warps per block: {t.num_warps} > {lim.max_warps}")
     if (t.block_b // 16) * (t.block_e // 8) < t.num_warps:
         out.append("every warp owns at least one 16x8 MMA tile")
     if t.num_stages > 1 and (t.hoist_r or t.block_k >= p.head_dim):
         out.append("pipelining needs a reduction loop of several tiles")
     regs = _register_estimate(p, t.block_b, t.block_e, t.block_k, t.num_warps, t.hoist_r)
     if regs > lim.regs_per_thread:
-        out.append(f"registers per thread {regs:.0f} <= {lim.regs_per_thread}")
+        out.append(f"registers per thread: {regs:.0f} > {lim.regs_per_thread}")
     if min(regs, lim.regs_per_thread) * 32 * t.num_warps > lim.regs_per_sm:
-        out.append(f"registers per block <= {lim.regs_per_sm}")
+        out.append(f"registers per block: > {lim.regs_per_sm}")
     smem = _smem_estimate(p, t.block_b, t.block_e, t.block_k, t.num_stages, t.hoist_r)
     if smem > lim.smem_bytes:
-        out.append(f"shared memory {smem} B <= {lim.smem_bytes} B")
+        out.append(f"shared memory: {smem} B > {lim.smem_bytes} B")
     if math.ceil(p.batch / t.block_b) > MAX_GRID_Y:
-        out.append(f"batch tiles <= {MAX_GRID_Y}")
+        out.append(f"batch tiles per head: {math.ceil(p.batch / t.block_b)} > {MAX_GRID_Y}")
     return out
 
 
 def step_cost_us(p: Problem, lim: DeviceLimits, t: Tiling) -> float:
-    """Modelled time of one recurrent step (microseconds): weight traffic, MMA, latency, gate math, in waves.
+    """Modelled time of one recurrent step (microseconds), in waves of programs over the multiprocessors.
 
-    Rough by design (constants are typical Hopper figures): it only has to order candidates well enough that the
-    autotuner's few measurements include the best one.
+    Weight tiles stream from L2 (or L1 when the head's weights fit there) through a software pipeline: each
+    reduction tile takes the longest of its bytes over the bandwidth, its MMA time, and the load latency divided by
+    the tiles in flight (num_stages - 1; Little's law, the bound that dominates measurements on an H100). Every
+    matmul restarts the pipeline (one exposed latency); the gate math and a per-step floor (storing h_t, the barrier,
+    reading h_t back) come on top. The forward runs one matmul per gate-output tile; the backward an elementwise
+    pass over its tiles and one whole-head matmul. Constants are H100 figures calibrated on the B16/4x192 case.
     """
     clk = lim.clock_ghz * 1e3  # cycles per microsecond
+    latency = 1750.0  # about 1 us from issuing an L2 load to using it, under load
     n_e = math.ceil(p.head_dim / t.block_e)
     n_k = math.ceil(p.head_dim / t.block_k)
+    width = _product_width(p, t.block_e)
+    n_mm = n_e if p.pass_ == "forward" else 1
     w_bytes = 4 * p.head_dim * p.head_dim * p.elem_bytes
     if t.hoist_r:
-        bytes_per_clk, latency = float("inf"), 30.0
+        bytes_per_clk = float("inf")
     elif w_bytes + _smem_estimate(p, t.block_b, t.block_e, t.block_k, t.num_stages, False) <= lim.l1_bytes * 0.8:
-        bytes_per_clk, latency = 128.0, 40.0    # the head's weights stay in L1 across steps
+        bytes_per_clk = 128.0  # the head's weights stay in L1 across steps
     else:
-        bytes_per_clk, latency = 64.0, 300.0    # streamed from L2 every step
-    traffic = w_bytes / bytes_per_clk
-    flops = 2 * t.block_b * (n_k * t.block_k) * 4 * (n_e * t.block_e)
+        bytes_per_clk = 64.0
+    stage_bytes = 4 * t.block_k * min(width, p.head_dim) * p.elem_bytes
     rate = lim.mma_flops_per_clk * (1.0 if p.elem_bytes == 2 else 1 / 32)  # fp32 operands run on the FMA units
-    mma = flops / (rate * min(1.0, t.num_warps / 4))
-    hidden_latency = n_e * n_k * latency / (t.num_stages if n_k > 1 else 1)
-    gate_math = 60 * t.block_b * n_e * t.block_e / (32 * t.num_warps) + 20 * n_e  # elementwise + per-tile overhead
+    mma = 2 * t.block_b * t.block_k * 4 * width / (rate * min(1.0, t.num_warps / 4))
+    in_flight = latency / max(t.num_stages - 1, 1) if not t.hoist_r else 0.0
+    per_k = max(stage_bytes / bytes_per_clk, mma, in_flight) + 40
+    matmuls = n_mm * (latency + n_k * per_k)
+    gate_math = n_e * (60 * t.block_b * t.block_e / (32 * t.num_warps) + 200)
+    phase1 = n_e * latency if p.pass_ == "backward" else 0.0  # loads of saved gates/states, one latency per tile
     waves = math.ceil(p.num_heads * math.ceil(p.batch / t.block_b) / lim.num_sms)
-    return waves * (max(traffic, mma) + hidden_latency + gate_math + 500) / clk  # + a barrier and x/state loads
+    return waves * (matmuls + gate_math + phase1 + 2 * latency) / clk
 
 
 def candidates(p: Problem, lim: DeviceLimits) -> tuple[list[Tiling], dict[str, int]]:
@@ -186,6 +215,7 @@ def candidates(p: Problem, lim: DeviceLimits) -> tuple[list[Tiling], dict[str, i
                             t = Tiling(bb, be, bk, warps, stages, hoist)
                             broken = _violations(p, lim, t)
                             for name in broken:
+                                name = name.split(":")[0]
                                 removed[name] = removed.get(name, 0) + 1
                             if not broken:
                                 feasible.append(dataclasses.replace(t, cost_us=step_cost_us(p, lim, t)))
@@ -193,8 +223,27 @@ def candidates(p: Problem, lim: DeviceLimits) -> tuple[list[Tiling], dict[str, i
     return feasible, removed
 
 
-def solve(p: Problem, lim: DeviceLimits | None = None, top_k: int = 4) -> list[Tiling]:
-    """The `top_k` best feasible tilings; ValueError (before any launch) when there is none."""
+def _distinct_shapes(ranked: list[Tiling]) -> list[Tiling]:
+    """The best tiling of each tile shape, so that the autotuner measures different shapes, not near-duplicates."""
+    seen, out = set(), []
+    for t in ranked:
+        shape = (t.block_b, t.block_e, t.block_k, t.hoist_r)
+        if shape not in seen:
+            seen.add(shape)
+            out.append(t)
+    return out
+
+
+def validate(p: Problem, lim: DeviceLimits, t: Tiling) -> None:
+    """Raise a ValueError naming every constraint a given tiling breaks."""
+    broken = _violations(p, lim, t)
+    if broken:
+        raise ValueError(f"tiling {t} is infeasible for {p} on {lim.name}: " + "; ".join(broken))
+
+
+@functools.lru_cache(maxsize=1024)
+def solve(p: Problem, lim: DeviceLimits | None = None, top_k: int = 4) -> tuple[Tiling, ...]:
+    """The `top_k` best feasible tilings of distinct tile shapes (cached); ValueError when there is none."""
     lim = lim or nominal_limits()
     feasible, removed = candidates(p, lim)
     if not feasible:
@@ -205,4 +254,4 @@ def solve(p: Problem, lim: DeviceLimits | None = None, top_k: int = 4) -> list[T
             + "; ".join(f"{name} (removed {n})" for name, n in worst)
             + ". Use backend='torch' for this shape."
         )
-    return feasible[:top_k]
+    return tuple(_distinct_shapes(feasible)[:top_k])
