@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks against baselines measured in the same run (results in benchmarks/results/)."""

@@ -1,0 +1,77 @@
+"""Shared benchmark plumbing: environment record, CUDA timing, peak memory, the results schema and a table."""
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def environment() -> dict:
+    """Device, library versions and date, as the results schema asks (DESIGN.md)."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"device": device, "torch": torch.__version__, "triton": triton_version,
+            "date": datetime.date.today().isoformat()}
+
+
+def median_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> float:
+    """Median wall time of fn in milliseconds, synchronising the GPU around each call."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mib(fn: Callable[[], object]) -> float | None:
+    """Peak CUDA memory allocated while fn runs (None on CPU)."""
+    if not torch.cuda.is_available():
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def row(impl: str, case: str, metric: str, value, unit: str, **fields) -> dict:
+    return {"impl": impl, "case": case, "metric": metric, "value": value, "unit": unit, **fields}
+
+
+def write_results(path: str | Path, rows: list[dict], **extra) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**environment(), **extra, "rows": rows}, indent=1))
+    return path
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per (case, metric) with the implementations side by side."""
+    impls = sorted({r["impl"] for r in rows})
+    keys = sorted({(r["case"], r["metric"], r["unit"]) for r in rows}, key=str)
+    width = max([len(i) for i in impls] + [12])
+    print(f"{'case':32s} {'metric':18s} " + " ".join(f"{i:>{width}s}" for i in impls))
+    for case, metric, unit in keys:
+        values = {r["impl"]: r["value"] for r in rows if (r["case"], r["metric"], r["unit"]) == (case, metric, unit)}
+        cells = []
+        for impl in impls:
+            v = values.get(impl)
+            cells.append(f"{'-' if v is None else (f'{v:.3g}' if isinstance(v, (int, float)) else str(v)):>{width}s}")
+        print(f"{case:32s} {metric + ' [' + unit + ']':18s} " + " ".join(cells))

@@ -1,0 +1,189 @@
+"""Generation speed: our xLSTM-7B-style LM (chunkwise prefill, CUDA-graph decode) vs a Llama-7B-shaped Transformer
+(transformers' LlamaForCausalLM with SDPA and its own KV cache), random weights, bf16, measured in one run.
+
+    python -m benchmarks.generation                     # full: H100, 7B shapes
+    python -m benchmarks.generation --quick             # tiny shapes, any device (smoke test)
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+
+from benchmarks.common import print_table, row, write_results
+from xlstm_core import xLSTMLM, xLSTMLMConfig
+from xlstm_core.cuda_graph import GraphedDecoder
+
+OURS = "ours:{backend}"
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn):
+    _sync()
+    start = time.perf_counter()
+    out = fn()
+    _sync()
+    return out, time.perf_counter() - start
+
+
+def _reset_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib():
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def build_xlstm(preset: str, backend: str, device, dtype):
+    cfg = xLSTMLMConfig.preset(preset, stack={"backend": backend})
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = xLSTMLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model
+
+
+def build_llama(args, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=32, vocab_size=32000)
+    if args.quick:
+        shape = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=2, vocab_size=256)
+    config = LlamaConfig(**shape, max_position_embeddings=131072, attn_implementation="sdpa", torch_dtype=dtype)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model
+
+
+@torch.no_grad()
+def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows):
+    vocab = model.cfg.vocab_size
+    decoders = {}
+    for batch, context in cases:
+        case = f"B{batch}-ctx{context}"
+        _reset_memory()
+        try:
+            prompt = torch.randint(0, vocab, (batch, context), device=device)
+            model.prefill(prompt[:, :16])  # warm the kernels outside the timed region
+            _, prefill_s = _timed(lambda: model.prefill(prompt))
+            if use_graph:
+                decoder = decoders.setdefault(batch, GraphedDecoder(model, temperature=0))
+                decoder.generate(prompt[:, :16], 4)  # capture once per batch size
+                tokens, total_s = _timed(lambda: decoder.generate(prompt, new_tokens))
+            else:
+                from xlstm_core import generate
+
+                tokens, total_s = _timed(lambda: generate(model, prompt, new_tokens, temperature=0))
+            decode_s = max(total_s - prefill_s, 1e-9)
+            rows += [row(impl, case, "prefill", prefill_s * 1e3, "ms", batch=batch, context=context),
+                     row(impl, case, "decode", batch * (tokens.shape[1] - 1) / decode_s, "tok/s", batch=batch,
+                         context=context),
+                     row(impl, case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
+        except torch.OutOfMemoryError:
+            rows.append(row(impl, case, "decode", "OOM", "tok/s", batch=batch, context=context))
+        print(f"{impl} {case} done", flush=True)
+
+
+@torch.no_grad()
+def bench_llama(model, cases, new_tokens, device, rows):
+    vocab = model.config.vocab_size
+    for batch, context in cases:
+        case = f"B{batch}-ctx{context}"
+        _reset_memory()
+        try:
+            prompt = torch.randint(0, vocab, (batch, context), device=device)
+            model(prompt[:, :16], use_cache=True)
+            out, prefill_s = _timed(lambda: model(prompt, use_cache=True, logits_to_keep=1))
+
+            def decode():
+                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                for _ in range(new_tokens - 1):
+                    step = model(token, past_key_values=cache, use_cache=True)
+                    cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
+
+            _, decode_s = _timed(decode)
+            rows += [row("llama-hf-sdpa", case, "prefill", prefill_s * 1e3, "ms", batch=batch, context=context),
+                     row("llama-hf-sdpa", case, "decode", batch * (new_tokens - 1) / decode_s, "tok/s",
+                         batch=batch, context=context),
+                     row("llama-hf-sdpa", case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
+        except torch.OutOfMemoryError:
+            rows.append(row("llama-hf-sdpa", case, "decode", "OOM", "tok/s", batch=batch, context=context))
+        out = None
+        print(f"llama {case} done", flush=True)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for impl in sorted({r["impl"] for r in rows}):
+        for ax, metric in zip(axes, ("decode", "peak_memory")):
+            pts = sorted((r["context"], r["value"]) for r in rows if r["impl"] == impl and r["metric"] == metric
+                         and r.get("batch") == 1 and isinstance(r["value"], (int, float)))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=impl)
+    axes[0].set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s (batch 1)")
+    axes[1].set(xscale="log", xlabel="context (tokens)", ylabel="peak memory (GiB, batch 1)")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test on any device")
+    parser.add_argument("--backend", default="auto", help="mLSTM backend of our model: auto | torch | triton")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/generation.json")
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if args.quick:
+        cases, preset = [(1, 64), (1, 256), (4, 64)], "tiny"
+    else:
+        cases, preset = [(1, 2048), (1, 16384), (1, 65536), (16, 2048), (64, 2048)], "7b"
+    rows: list[dict] = []
+    model = build_xlstm(preset, args.backend, device, dtype)
+    print(f"xLSTM {preset}: {model.num_parameters() / 1e9:.2f}B parameters", flush=True)
+    impl = OURS.format(backend=args.backend)
+    bench_xlstm(model, impl + "+cudagraph" if device == "cuda" else impl, cases, args.new_tokens, device,
+                device == "cuda", rows)
+    if device == "cuda":
+        bench_xlstm(model, impl + "-eager", cases[:1], args.new_tokens, device, False, rows)
+    del model
+    _reset_memory()
+    if not args.skip_llama:
+        llama = build_llama(args, device, dtype)
+        print(f"Llama: {sum(p.numel() for p in llama.parameters()) / 1e9:.2f}B parameters", flush=True)
+        bench_llama(llama, cases, args.new_tokens, device, rows)
+        del llama
+    print_table(rows)
+    path = write_results(args.out, rows, dtype=str(dtype), new_tokens=args.new_tokens)
+    plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
