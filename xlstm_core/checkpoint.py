@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model as load_weights_into
+from safetensors.torch import save_model
 
 from xlstm_core.config import xLSTMLMConfig
 from xlstm_core.lm import xLSTMLM
@@ -32,5 +33,17 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
     if data.pop("model_type", None) != "xlstm_lm":
         raise ValueError(f"{config_path} is not an xlstm_lm config")
     model = xLSTMLM(xLSTMLMConfig.from_dict(data))
-    load_model(model, str(weights_path), device=str(device))
+    load_weights_into(model, str(weights_path), device=str(device))
     return model.to(device)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load either layout: ours (`save_pretrained`) or the published xLSTM-7B one, told apart by config.json."""
+    config_path = Path(directory) / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found")
+    if json.loads(config_path.read_text()).get("model_type") == "xlstm_lm":
+        return load_pretrained(directory, device).to(dtype)
+    from xlstm_core.published import load_published_checkpoint
+
+    return load_published_checkpoint(directory, device, dtype)
