@@ -5,7 +5,7 @@ recurrent state; decoding then runs batched with per-sequence stop conditions.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 

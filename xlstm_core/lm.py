@@ -37,10 +37,18 @@ class xLSTMLM(nn.Module):
         return (logits, new_state) if (return_state or state is not None) else logits
 
     @torch.no_grad()
-    def prefill(self, tokens: torch.Tensor, state: StackState | None = None) -> tuple[torch.Tensor, StackState]:
-        """Process a prompt (B, T); returns the last position's logits (B, vocab) and the state to decode from."""
-        logits, state = self.forward(tokens, state, return_state=True)
-        return logits[:, -1], state
+    def prefill(self, tokens: torch.Tensor, state: StackState | None = None,
+                max_tokens_per_call: int = 16384) -> tuple[torch.Tensor, StackState]:
+        """Process a prompt (B, T); returns the last position's logits (B, vocab) and the state to decode from.
+
+        Long prompts go through in segments of about `max_tokens_per_call` tokens (over the whole batch), carrying
+        the state, so prefill memory is bounded by the segment, not the prompt length.
+        """
+        segment = max(1, max_tokens_per_call // tokens.shape[0])
+        for start in range(0, tokens.shape[1], segment):
+            x, state = self.backbone(self.embedding(tokens[:, start : start + segment]), state, return_state=True)
+        logits = soft_cap(self.head(x[:, -1]).float(), self.cfg.logit_soft_cap)
+        return logits, state
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, state: StackState) -> tuple[torch.Tensor, StackState]:

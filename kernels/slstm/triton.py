@@ -314,7 +314,8 @@ def _launch_backward(t: _tiling.Tiling, gates, state, wt, dy, dgates, dx, dh, ca
     _backward_kernel[grid](
         gates, state, wt, dy, dgates, dx, dh, carry, B, T, state.stride(0),
         DH=hidden // num_heads, H=hidden, BB=t.block_b, BE=t.block_e, BK=t.block_k,
-        BD=_tiling.head_tile(hidden // num_heads), STAGES=t.num_stages, HOIST=t.hoist_r, LSTM=lstm, SEPARATE_DX=dx.data_ptr() != dgates.data_ptr(), OPERAND=_OPERAND_DTYPES[wt.dtype],
+        BD=_tiling.head_tile(hidden // num_heads), STAGES=t.num_stages, HOIST=t.hoist_r, LSTM=lstm,
+        SEPARATE_DX=dx.data_ptr() != dgates.data_ptr(), OPERAND=_OPERAND_DTYPES[wt.dtype],
         PRECISION="ieee" if wt.dtype == torch.float32 else "tf32", num_warps=t.num_warps, num_stages=1)
 
 

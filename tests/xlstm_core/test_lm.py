@@ -51,6 +51,17 @@ def test_prefill_then_steps_equal_full_forward(variant):
         assert torch.allclose(logits, full[:, t], atol=1e-4)
 
 
+def test_segmented_prefill_equals_one_call():
+    model = tiny_lm()
+    tokens = torch.randint(0, 256, (2, 23))
+    whole, whole_state = model.prefill(tokens)
+    pieces, piece_state = model.prefill(tokens, max_tokens_per_call=10)  # segments of 5 tokens per row
+    assert torch.allclose(pieces, whole, atol=1e-4)
+    logits_a, _ = model.step(tokens[:, 0], whole_state)
+    logits_b, _ = model.step(tokens[:, 0], piece_state)
+    assert torch.allclose(logits_a, logits_b, atol=1e-4)
+
+
 def test_greedy_generation_matches_argmax_of_full_forward():
     model = tiny_lm()
     prompt = torch.randint(0, 256, (2, 5))
