@@ -1,0 +1,1 @@
+"""Hydra entry point for the RL experiments (`python -m experiments.rl`)."""

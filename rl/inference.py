@@ -1,0 +1,62 @@
+"""Fast inference: one `ActionModel.step` captured in a CUDA graph with static input and state buffers.
+
+Per-step latency at small batch is bound by kernel-launch overhead (one launch per op per layer); replaying a
+captured graph removes it. The captured step copies the new recurrent state into the static state buffers (LRAM)
+or updates the KV cache in place (DT), so replaying the graph advances the rollout by one step.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_leaves
+
+from .transformer import KVCache
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    """The tensors of an LRAM stack state (nested lists/tuples) or of a DT `KVCache`."""
+    if isinstance(state, KVCache):
+        return [state.k, state.v, state.pos]
+    return [t for t in tree_leaves(state) if isinstance(t, torch.Tensor)]
+
+
+class GraphedStep:
+    """``step(inputs) -> logits`` replaying a CUDA graph of ``model.step(inputs, state)`` for fixed shapes.
+
+    ``inputs`` fixes the shapes (a step batch as `ActionModel.step` takes it, on the GPU); ``state`` must be a
+    concrete state (not None), which the graph owns and advances. The state is restored after the warm-up runs.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], state, warmup: int = 3):
+        if state is None:
+            raise ValueError("GraphedStep needs a concrete state: run one eager step first to create it")
+        if not all(v.is_cuda for v in inputs.values()):
+            raise ValueError("GraphedStep needs CUDA inputs")
+        self.model, self.state = model, state
+        self.inputs = {k: v.clone() for k, v in inputs.items()}
+        saved = [t.clone() for t in state_tensors(state)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.logits = self._run()
+        for dst, src in zip(state_tensors(state), saved):
+            dst.copy_(src)
+
+    def _run(self) -> torch.Tensor:
+        logits, new_state = self.model.step(self.inputs, self.state)
+        for dst, src in zip(state_tensors(self.state), state_tensors(new_state)):
+            if dst is not src:
+                dst.copy_(src)
+        return logits
+
+    def __call__(self, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Copy ``inputs`` into the static buffers (if given), replay, return the (static) logits buffer."""
+        if inputs is not None:
+            for k, v in inputs.items():
+                self.inputs[k].copy_(v)
+        self.graph.replay()
+        return self.logits
