@@ -58,10 +58,10 @@ def test_iwa_recovers_perfect_candidate_under_shift():
     n = 4000
     xs, xt = rng.normal(0.0, 1.0, n), rng.normal(1.0, 1.0, n)
     w = np.exp(xs - 0.5)                       # exact p_T / p_S for N(1,1) over N(0,1)
-    label = lambda x: (x > 0.8).astype(int)    # noqa: E731
+    label = lambda x: (x > 0.8).astype(int)
 
     def candidates(x):
-        sig = lambda z: 1 / (1 + np.exp(-z))   # noqa: E731
+        sig = lambda z: 1 / (1 + np.exp(-z))
         soft = [sig(3 * (x - t)) for t in (-0.5, 0.0, 0.3)]
         return [np.stack([1 - p, p], 1) for p in soft] + [_one_hot(label(x), 2)]
 
