@@ -123,11 +123,22 @@ def _chunk_final_state(k, v, log_i, log_f, state: MLSTMState | None, variant) ->
     return c_new, n_new, m_new
 
 
+def _as_compute_state(state: MLSTMState | None, variant: str, dt) -> MLSTMState | None:
+    """Cast a given state; for sig, fold its scale exp(m) into C and n so that every form carries m = 0."""
+    if state is None:
+        return None
+    c, n, m = (s.to(dt) for s in state)
+    if variant == "sig":
+        scale = torch.exp(m)
+        return c * scale[..., None, None], n * scale[..., None], torch.zeros_like(m)
+    return c, n, m
+
+
 def _prepare(q, k, v, igate, fgate, initial_state, variant):
     dt = compute_dtype(q.dtype)
     scale = q.shape[-1] ** -0.5
     log_i, log_f = _log_gates(igate.to(dt), fgate.to(dt), variant)
-    state = None if initial_state is None else tuple(s.to(dt) for s in initial_state)
+    state = _as_compute_state(initial_state, variant, dt)
     return (q.to(dt) * scale, k.to(dt), v.to(dt), log_i, log_f, state)
 
 
@@ -197,7 +208,7 @@ def mlstm_step(q, k, v, igate, fgate, state: MLSTMState | None, *, variant="exp"
     B, NH, DQK = q.shape
     if state is None:
         state = empty_state(B, NH, DQK, v.shape[-1], variant, q.device, dt)
-    c, n, m = (s.to(dt) for s in state)
+    c, n, m = _as_compute_state(state, variant, dt)
     log_i, log_f = _log_gates(igate.to(dt), fgate.to(dt), variant)
     if variant == "exp":
         m_new = torch.maximum(log_f + m, log_i)

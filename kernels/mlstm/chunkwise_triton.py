@@ -1,0 +1,628 @@
+"""Chunkwise-parallel mLSTM in Triton, tiled inside each chunk (TFLA), forward and backward, exp and sig variants.
+
+Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). Forward:
+  1. `_gate_kernel`: log input gates and chunk-local cumulative log forget gates b (fp32).
+  2. `_recurrence_kernel`: the stabilised memory (C, n, m) at every chunk boundary, one program per state tile
+     walking its sequence's chunks in order.
+  3. `_intra_kernel`: every output tile (rows of one chunk x a block of DHV) from the causal in-chunk product, tiled
+     along the chunk (second level of sequence parallelism) and along DHQK, plus the boundary state's contribution.
+Backward re-runs 1-2, walks the chunks in reverse for the state gradients (same recurrence kernel) and gets dq, dk, dv
+from the same intra kernel in three more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv).
+
+Every product the kernels form has one shape:
+  out[r] = sigma_x * sum_j ((A_r . B_j) * sigma_ab + a_r * b_j) * W(r, j) * X_j
+           + rho_r * sigma_m * (A_r @ M + a_r * U)
+with W(t, s) = exp(b_t - b_s + li_s - m_t) for s <= t (the decay from s to t), rho the weight of the chunk-boundary
+state M, and (a, b, U) an optional rank-1 term that carries the normaliser's gradient. The mode table in
+`_intra` says what A, B, X, M are for h, dq, dk and dv.
+
+Gradients: the stabiliser m is treated as a constant inside a chunk (its effect on h is through eps only), except
+that the last state's m is differentiated exactly (it picks which gate a loss on the last state reaches). Gate
+gradients follow from dq, dk: d log i_s = k_s . dk_s and d log f_r = sum over t >= r of (q_t . dq_t - k_t . dk_t).
+For the sig variant a given initial state with m != 0 is folded into (C, n) as exp(m) * (C, n); its last state has
+m = 0.
+
+On CUDA the intra kernel is autotuned over a few spill-free tile configs; KERNELS_TRITON_AUTOTUNE=0 uses the first.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.dispatch import interpreter_enabled
+from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
+
+MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# Modes of the rank-1 term of the intra kernel: none, a = per-row scalar (b = 1), b = per-column scalar (a = 1).
+_AUG_NONE, _AUG_ROWS, _AUG_COLS = 0, 1, 2
+
+
+@triton.jit
+def _logsigmoid(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _gate_kernel(IG, FG, GB, GLI, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BLOCK: tl.constexpr):
+    chunk = tl.program_id(0)
+    head = tl.program_id(1)
+    row = tl.load(CHUNKS + chunk)
+    start = tl.load(CHUNKS + n_chunks + chunk)
+    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
+    base = (row.to(tl.int64) * NH + head) * S + start
+    offs = tl.arange(0, BLOCK)
+    mask = offs < length
+    f = tl.load(FG + base + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(GB + base + offs, tl.cumsum(tl.where(mask, _logsigmoid(f), 0.0), axis=0), mask=mask)
+    i = tl.load(IG + base + offs, mask=mask, other=0.0).to(tl.float32)
+    if SIG:
+        i = _logsigmoid(i)
+    tl.store(GLI + base + offs, i, mask=mask)
+
+
+@triton.jit
+def _recurrence_kernel(
+    A, X, XAUG, GB, GLI, MROWS, MSTATE, INIT_C, INIT_N, INIT_M, OUT_C, OUT_N,
+    CHUNKS, SEQS, n_chunks, n_seqs, NH, S, DA, DX, a_mult,
+    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, HAS_XAUG: tl.constexpr,
+    PRECISION: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr, BR: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """One (DA x DX) state tile of one sequence and head, carried across the sequence's chunks.
+
+    Forward (REVERSE=False): state_{c+1} = carry_c state_c + sum_s w_s A_s [X_s, 1]^T with A = k, X = v; stores the
+    state before each chunk and after the last, and the stabiliser m. Backward (REVERSE=True): the same recursion
+    run backwards on the state gradients with A = q * scale, X = dh / denominator and XAUG = d qn.
+    """
+    pid = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    n_xt = tl.cdiv(DX, BX)
+    offs_a = (pid // n_xt) * BA + tl.arange(0, BA)
+    offs_x = (pid % n_xt) * BX + tl.arange(0, BX)
+    mask_a = offs_a < DA
+    mask_x = offs_x < DX
+    mask_ax = mask_a[:, None] & mask_x[None, :]
+    tile = offs_a[:, None] * DX + offs_x[None, :]
+    owns_vec = (pid % n_xt) == 0
+    owns_m = pid == 0
+    first_chunk = tl.load(SEQS + seq)
+    n_seq_chunks = tl.load(SEQS + n_seqs + seq)
+    first_slot = tl.load(SEQS + 2 * n_seqs + seq)
+    head_seq = seq.to(tl.int64) * NH + head
+    if HAS_INIT:
+        acc = tl.load(INIT_C + head_seq * DA * DX + tile, mask=mask_ax, other=0.0)
+        vec = tl.load(INIT_N + head_seq * DA + offs_a, mask=mask_a, other=0.0)
+    else:
+        acc = tl.zeros((BA, BX), dtype=tl.float32)
+        vec = tl.zeros((BA,), dtype=tl.float32)
+    if SIG:
+        m_state = tl.full([], 0.0, tl.float32)
+    elif HAS_INIT and not REVERSE:
+        m_state = tl.load(INIT_M + head_seq)
+    else:
+        m_state = tl.full([], float("-inf"), tl.float32)
+    for it in range(n_seq_chunks):
+        if REVERSE:
+            chunk = first_chunk + n_seq_chunks - 1 - it
+        else:
+            chunk = first_chunk + it
+        row = tl.load(CHUNKS + chunk)
+        start = tl.load(CHUNKS + n_chunks + chunk)
+        length = tl.load(CHUNKS + 2 * n_chunks + chunk)
+        slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
+        tok0 = (row.to(tl.int64) * NH + head) * S + start
+        g = tl.load(GB + tok0 + length - 1)
+        if REVERSE:
+            # the gradient w.r.t. the state after this chunk, then one step back
+            out = (slot + 1) * NH + head
+            tl.store(OUT_C + out * DA * DX + tile, acc, mask=mask_ax)
+            tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & owns_vec)
+            if SIG:
+                m_start = 0.0
+                m_end = 0.0
+            else:
+                m_start = tl.load(MSTATE + slot * NH + head)
+                m_end = tl.load(MSTATE + (slot + 1) * NH + head)
+        else:
+            out = slot * NH + head
+            tl.store(OUT_C + out * DA * DX + tile, acc, mask=mask_ax)
+            tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & owns_vec)
+            tl.store(MSTATE + out, m_state, mask=owns_m)
+            m_start = m_state
+            if SIG:
+                m_end = m_state
+            else:
+                offs_l = tl.arange(0, BLOCK_L)
+                mask_l = offs_l < length
+                b_all = tl.load(GB + tok0 + offs_l, mask=mask_l, other=0.0)
+                li_all = tl.load(GLI + tok0 + offs_l, mask=mask_l, other=0.0)
+                local = tl.max(tl.where(mask_l, g - b_all + li_all, float("-inf")), axis=0)
+                m_end = tl.maximum(g + m_state, local)
+        carry = tl.exp(g + m_start - m_end)
+        acc = acc * carry
+        vec = vec * carry
+        for r0 in range(0, length, BR):
+            offs_r = r0 + tl.arange(0, BR)
+            mask_r = offs_r < length
+            b = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
+            if REVERSE:
+                if SIG:
+                    w = tl.exp(b)
+                else:
+                    w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0))
+            else:
+                w = tl.exp(g - b + tl.load(GLI + tok0 + offs_r, mask=mask_r, other=0.0) - m_end)
+            w = tl.where(mask_r, w * a_mult, 0.0)
+            a = tl.load(A + (tok0 + offs_r)[:, None] * DA + offs_a[None, :],
+                        mask=mask_r[:, None] & mask_a[None, :], other=0.0)
+            xb = tl.load(X + (tok0 + offs_r)[:, None] * DX + offs_x[None, :],
+                         mask=mask_r[:, None] & mask_x[None, :], other=0.0)
+            aw = a.to(tl.float32) * w[:, None]
+            acc += tl.dot(tl.trans(aw.to(xb.dtype)), xb, input_precision=PRECISION)
+            if HAS_XAUG:
+                aw = aw * tl.load(XAUG + tok0 + offs_r, mask=mask_r, other=0.0)[:, None]
+            vec += tl.sum(aw, axis=0)
+        if not REVERSE:
+            m_state = m_end
+    if REVERSE:
+        out = first_slot.to(tl.int64) * NH + head
+    else:
+        out = (first_slot + n_seq_chunks).to(tl.int64) * NH + head
+        tl.store(MSTATE + out, m_state, mask=owns_m)
+    tl.store(OUT_C + out * DA * DX + tile, acc, mask=mask_ax)
+    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & owns_vec)
+
+
+@triton.jit
+def _intra_kernel(
+    A, BM, X, OUT, STM, STV, AUG, R, RDOT, GB, GLI, MROWS, QN, MSTATE, CHUNKS,
+    n_chunks, NH, S, DA, DX, stride_ma, stride_mx, rdot_stride, sigma_ab, sigma_x, sigma_m, eps,
+    REVERSE: tl.constexpr, FWD: tl.constexpr, AUG_MODE: tl.constexpr, ROWDOT: tl.constexpr,
+    SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr, BD: tl.constexpr,
+):
+    """One (BR rows x BX columns) output tile of one chunk and head; see the module docstring for the product."""
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    head = tl.program_id(2)
+    n_xt = tl.cdiv(DX, BX)
+    xt = pid % n_xt
+    r0 = (pid // n_xt) * BR
+    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
+    if r0 >= length:
+        return
+    row = tl.load(CHUNKS + chunk)
+    start = tl.load(CHUNKS + n_chunks + chunk)
+    slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
+    tok0 = (row.to(tl.int64) * NH + head) * S + start
+    offs_r = r0 + tl.arange(0, BR)
+    mask_r = offs_r < length
+    offs_x = xt * BX + tl.arange(0, BX)
+    mask_x = offs_x < DX
+    offs_d = tl.arange(0, BD)
+    b_r = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
+    li_r = tl.load(GLI + tok0 + offs_r, mask=mask_r, other=0.0)
+    if REVERSE:
+        state = (slot + 1) * NH + head  # columns t >= s: the state after the chunk, fed by the rows s
+    else:
+        state = slot * NH + head  # the state before the chunk, read by the rows t
+    if SIG:
+        m_state = 0.0
+    else:
+        m_state = tl.load(MSTATE + state)
+
+    if REVERSE:
+        g = tl.load(GB + tok0 + length - 1)
+        rho = tl.exp(g - b_r + li_r - m_state)
+        j_lo = r0
+        j_hi = length
+    else:
+        j_lo = 0
+        j_hi = tl.minimum(r0 + BR, length)
+        if SIG:
+            m_r = tl.zeros((BR,), dtype=tl.float32)
+        elif FWD:
+            # row stabiliser m_t = b_t + max(m_state, max_{s <= t} (li_s - b_s)), from the gates alone
+            run = tl.full((BR,), float("-inf"), dtype=tl.float32)
+            for j0 in range(0, j_hi, BJ):
+                offs_j = j0 + tl.arange(0, BJ)
+                mask_j = offs_j < j_hi
+                val = tl.load(GLI + tok0 + offs_j, mask=mask_j, other=0.0) - tl.load(
+                    GB + tok0 + offs_j, mask=mask_j, other=0.0)
+                ok = (offs_j[None, :] <= offs_r[:, None]) & mask_j[None, :]
+                run = tl.maximum(run, tl.max(tl.where(ok, val[None, :], float("-inf")), axis=1))
+            m_r = tl.where(mask_r, b_r + tl.maximum(run, m_state), 0.0)
+        else:
+            m_r = tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0)
+        rho = tl.exp(b_r + m_state - m_r)
+    rho = tl.where(mask_r, rho, 0.0)
+
+    if AUG_MODE == 1:
+        aug_r = tl.load(AUG + tok0 + offs_r, mask=mask_r, other=0.0)
+    acc = tl.zeros((BR, BX), dtype=tl.float32)
+    qn = tl.zeros((BR,), dtype=tl.float32)
+    for j0 in range(j_lo, j_hi, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask_j = offs_j < j_hi
+        scores = tl.zeros((BR, BJ), dtype=tl.float32)
+        for d0 in range(0, DA, BD):
+            dd = d0 + offs_d
+            md = dd < DA
+            a = tl.load(A + (tok0 + offs_r)[:, None] * DA + dd[None, :], mask=mask_r[:, None] & md[None, :], other=0.0)
+            bm = tl.load(BM + (tok0 + offs_j)[:, None] * DA + dd[None, :], mask=mask_j[:, None] & md[None, :],
+                         other=0.0)
+            scores += tl.dot(a, tl.trans(bm), input_precision=PRECISION)
+        scores = scores * sigma_ab
+        if AUG_MODE == 1:
+            scores += aug_r[:, None]
+        if AUG_MODE == 2:
+            scores += tl.load(AUG + tok0 + offs_j, mask=mask_j, other=0.0)[None, :]
+        b_j = tl.load(GB + tok0 + offs_j, mask=mask_j, other=0.0)
+        if REVERSE:
+            if SIG:
+                log_w = b_j[None, :] - b_r[:, None] + li_r[:, None]
+            else:
+                m_j = tl.load(MROWS + tok0 + offs_j, mask=mask_j, other=0.0)
+                log_w = b_j[None, :] - b_r[:, None] + li_r[:, None] - m_j[None, :]
+            ok = offs_j[None, :] >= offs_r[:, None]
+        else:
+            li_j = tl.load(GLI + tok0 + offs_j, mask=mask_j, other=0.0)
+            log_w = b_r[:, None] - b_j[None, :] + li_j[None, :] - m_r[:, None]
+            ok = offs_j[None, :] <= offs_r[:, None]
+        ok = ok & mask_r[:, None] & mask_j[None, :]
+        p = tl.where(ok, scores * tl.exp(log_w), 0.0)
+        if FWD:
+            qn += tl.sum(p, axis=1)
+        xb = tl.load(X + (tok0 + offs_j)[:, None] * DX + offs_x[None, :], mask=mask_j[:, None] & mask_x[None, :],
+                     other=0.0)
+        acc += tl.dot(p.to(xb.dtype), xb, input_precision=PRECISION)
+    acc = acc * sigma_x
+
+    st = tl.zeros((BR, BX), dtype=tl.float32)
+    qn_state = tl.zeros((BR,), dtype=tl.float32)
+    for d0 in range(0, DA, BD):
+        dd = d0 + offs_d
+        md = dd < DA
+        a = tl.load(A + (tok0 + offs_r)[:, None] * DA + dd[None, :], mask=mask_r[:, None] & md[None, :], other=0.0)
+        mt = tl.load(STM + state * DA * DX + dd[:, None] * stride_ma + offs_x[None, :] * stride_mx,
+                     mask=md[:, None] & mask_x[None, :], other=0.0)
+        st += tl.dot(a, mt.to(a.dtype), input_precision=PRECISION)
+        if FWD:
+            nv = tl.load(STV + state * DA + dd, mask=md, other=0.0)
+            qn_state += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
+    if AUG_MODE != 0:
+        u = tl.load(STV + state * DX + offs_x, mask=mask_x, other=0.0)
+        if AUG_MODE == 1:
+            st += aug_r[:, None] * u[None, :]
+        else:
+            st += u[None, :]
+    acc += (rho * sigma_m)[:, None] * st
+
+    out_ptrs = OUT + (tok0 + offs_r)[:, None] * DX + offs_x[None, :]
+    out_mask = mask_r[:, None] & mask_x[None, :]
+    if FWD:
+        qn = qn * sigma_x + rho * sigma_m * qn_state
+        if SIG:
+            if NORMALIZE:
+                denom = tl.maximum(tl.abs(qn), 1.0) + eps
+            else:
+                denom = tl.full((BR,), 1.0, dtype=tl.float32)
+        else:
+            denom = tl.maximum(tl.abs(qn), tl.exp(-m_r)) + eps
+        tl.store(out_ptrs, (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=out_mask)
+        tl.store(MROWS + tok0 + offs_r, m_r, mask=mask_r & (xt == 0))
+        tl.store(QN + tok0 + offs_r, qn, mask=mask_r & (xt == 0))
+    else:
+        tl.store(out_ptrs, acc.to(OUT.dtype.element_ty), mask=out_mask)
+        if ROWDOT:
+            rv = tl.load(R + (tok0 + offs_r)[:, None] * DX + offs_x[None, :], mask=out_mask, other=0.0)
+            tl.store(RDOT + xt * rdot_stride + tok0 + offs_r, tl.sum(acc * rv.to(tl.float32), axis=1), mask=mask_r)
+
+
+@triton.jit
+def _output_grad_kernel(DH, H, QN, MROWS, DNUM, DQN, n_rows, DX, eps,
+                        SIG: tl.constexpr, NORMALIZE: tl.constexpr, BT: tl.constexpr, BX: tl.constexpr):
+    """Gradients of the numerator (dh / denominator) and of qn (zero where the lower clip is active)."""
+    rows = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    mask = rows < n_rows
+    qn = tl.load(QN + rows, mask=mask, other=0.0)
+    if SIG:
+        lower = tl.full((BT,), 1.0, dtype=tl.float32)
+    else:
+        lower = tl.exp(-tl.load(MROWS + rows, mask=mask, other=0.0))
+    if SIG and not NORMALIZE:
+        inv = tl.full((BT,), 1.0, dtype=tl.float32)
+    else:
+        inv = 1.0 / (tl.maximum(tl.abs(qn), lower) + eps)
+    dot = tl.zeros((BT,), dtype=tl.float32)
+    for x0 in range(0, DX, BX):
+        offs_x = x0 + tl.arange(0, BX)
+        m2 = mask[:, None] & (offs_x < DX)[None, :]
+        ptrs = rows[:, None] * DX + offs_x[None, :]
+        dh = tl.load(DH + ptrs, mask=m2, other=0.0).to(tl.float32)
+        dot += tl.sum(dh * tl.load(H + ptrs, mask=m2, other=0.0).to(tl.float32), axis=1)
+        tl.store(DNUM + ptrs, (dh * inv[:, None]).to(DNUM.dtype.element_ty), mask=m2)
+    active = tl.abs(qn) > lower
+    if SIG and not NORMALIZE:
+        active = active & False
+    dqn = tl.where(active, -dot * inv * tl.where(qn >= 0, 1.0, -1.0), 0.0)
+    tl.store(DQN + rows, dqn, mask=mask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs use 3xTF32 products: plain tf32 loses too much in dq, a small difference of large terms (the
+    normalised output is invariant to the scale of q)."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def _pow2(x: int, low: int = 16, high: int | None = None) -> int:
+    p = max(low, triton.next_power_of_2(x))
+    return p if high is None else min(p, high)
+
+
+def _intra_configs():
+    """Tile configs for the intra kernel: spill-free on sm_90 (checked with ptxas); the first is the default when
+    autotuning is off (interpreter, or KERNELS_TRITON_AUTOTUNE=0 to save compile time)."""
+    if interpreter_enabled():
+        return [triton.Config({"BR": 32, "BJ": 32, "BX": 64, "BD": 64})]
+    configs = [
+        triton.Config({"BR": 64, "BJ": 64, "BX": 128, "BD": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BR": 64, "BJ": 64, "BX": 64, "BD": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BR": 64, "BJ": 64, "BX": 128, "BD": 64}, num_warps=8, num_stages=3),
+    ]
+    return configs if os.environ.get("KERNELS_TRITON_AUTOTUNE", "1") != "0" else configs[:1]
+
+
+_intra_tuned = triton.autotune(configs=_intra_configs(), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"])(
+    _intra_kernel)
+
+
+def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, BM, X, out, stm, stv, gb, gli, mrows, mstate,
+           scale: float, sig: bool, normalize: bool = True, eps: float = 0.0, aug=None, rows_dot=None, qn=None):
+    """Launch the intra-chunk kernel in one of its modes: 'h', 'dq', 'dk', 'dv'.
+
+    mode: (A, B, X, boundary state M)      = h: (q, k, v, C)   dq: (dnum, v, k, C^T)
+                                            dk: (v, dnum, q, dC^T)   dv: (k, q, dnum, dC)
+    """
+    _, NH, S, DA = A.shape
+    DX = X.shape[-1]
+    transposed = mode in ("dq", "dk")
+    stride_ma, stride_mx = (1, DA) if transposed else (DX, 1)
+    sigma_ab, sigma_x, sigma_m = {"h": (scale, 1.0, scale), "dq": (1.0, scale, scale),
+                                  "dk": (1.0, scale, 1.0), "dv": (scale, 1.0, 1.0)}[mode]
+    aug_mode = {"dq": _AUG_ROWS, "dk": _AUG_COLS}.get(mode, _AUG_NONE)
+    rdot, r = (rows_dot if rows_dot is not None else (out, out))
+    dummy = gb
+
+    def grid(meta):
+        return (triton.cdiv(chunk_size, meta["BR"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
+
+    _intra_tuned[grid](
+        A, BM, X, out, stm, stv, aug if aug is not None else dummy, r, rdot, gb, gli, mrows,
+        qn if qn is not None else dummy, mstate, layout.chunks,
+        layout.n_chunks, NH, S, DA, DX, stride_ma, stride_mx, gb.numel(), sigma_ab, sigma_x, sigma_m, eps,
+        REVERSE=mode in ("dk", "dv"), FWD=mode == "h", AUG_MODE=aug_mode, ROWDOT=rows_dot is not None,
+        SIG=sig, NORMALIZE=normalize, PRECISION=_precision(A.dtype),
+    )
+
+
+def _recurrence(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_n, init, a_mult: float,
+                reverse: bool, sig: bool, xaug=None, mrows=None):
+    """Launch the state recurrence (forward over k, v or backward over q, dnum) for every sequence and head."""
+    NH, S, DA = A.shape[1], A.shape[2], A.shape[3]
+    DX = X.shape[-1]
+    BA, BX = _pow2(DA, high=64), _pow2(DX, high=64)
+    BR = _pow2(chunk_size, high=32 if interpreter_enabled() else 64)
+    dummy = gb
+    init_c, init_n, init_m = init if init is not None else (dummy, dummy, dummy)
+    grid = (triton.cdiv(DA, BA) * triton.cdiv(DX, BX), layout.n_seqs, NH)
+    _recurrence_kernel[grid](
+        A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
+        init_c, init_n, init_m, out_c, out_n, layout.chunks, layout.seqs, layout.n_chunks, layout.n_seqs,
+        NH, S, DA, DX, a_mult,
+        REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, HAS_XAUG=xaug is not None, PRECISION=_precision(A.dtype),
+        BA=BA, BX=BX, BR=BR, BLOCK_L=_pow2(chunk_size), num_warps=8,
+    )
+
+
+def _gates(igate, fgate, layout: ChunkLayout, chunk_size: int, sig: bool):
+    B, NH, S = igate.shape
+    gb = torch.empty(B, NH, S, device=igate.device, dtype=torch.float32)
+    gli = torch.empty_like(gb)
+    _gate_kernel[(layout.n_chunks, NH)](igate, fgate, gb, gli, layout.chunks, layout.n_chunks, NH, S,
+                                        SIG=sig, BLOCK=_pow2(chunk_size))
+    return gb, gli
+
+
+def _states(k, v, gb, gli, layout, chunk_size, init, sig):
+    NH, DK, DV = k.shape[1], k.shape[-1], v.shape[-1]
+    c = torch.empty(layout.n_slots, NH, DK, DV, device=k.device, dtype=torch.float32)
+    n = torch.empty(layout.n_slots, NH, DK, device=k.device, dtype=torch.float32)
+    m = torch.empty(layout.n_slots, NH, device=k.device, dtype=torch.float32)
+    _recurrence(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c, out_n=n, init=init, a_mult=1.0,
+                reverse=False, sig=sig)
+    return c, n, m
+
+
+def _segment_suffix_sum(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
+    """Inclusive suffix sums of x (..., T) inside each sequence of the flattened token order, in fp64."""
+    x = x.double()
+    lengths = layout.seq_lengths
+    if len(set(lengths)) == 1:  # equal lengths (every plain batch): per-row sums after a reshape, no gathers
+        seg = x.reshape(*x.shape[:-1], len(lengths), lengths[0])
+        prefix = seg.cumsum(-1)
+        return (prefix[..., -1:] - prefix + seg).reshape(x.shape)
+    prefix = x.cumsum(-1)  # suffix = (segment total) - (inclusive prefix) + x; torch.flip would cost more here
+    padded = torch.cat([prefix.new_zeros(*prefix.shape[:-1], 1), prefix], dim=-1)
+    return padded[..., layout.bounds[1:][layout.seq_id]] - prefix + x
+
+
+def _last_m_grad(lf, li, m0, dm_last, layout: ChunkLayout):
+    """Route the gradient of the last stabiliser m_T = max(m0 + sum lf, max_s (sum_{r>s} lf_r + li_s)) to its argmax.
+
+    lf, li: (NH, T) fp64; dm_last: (n_seqs, NH). Returns (d lf, d li, d m0) contributions; ties split evenly, as in
+    torch.amax.
+    """
+    NH, T = lf.shape
+    bounds, seq_id, n_seqs = layout.bounds, layout.seq_id, layout.n_seqs
+    suffix = _segment_suffix_sum(lf, layout)
+    cand = suffix - lf + li  # weight of step s at the sequence's end
+    seq_max = torch.full((NH, n_seqs), float("-inf"), dtype=cand.dtype, device=cand.device)
+    seq_max = seq_max.scatter_reduce(1, seq_id.expand(NH, T), cand, reduce="amax")
+    total = suffix[:, bounds[:-1]]  # (NH, n_seqs): sum of all lf
+    init_cand = m0.t().double() + total if m0 is not None else torch.full_like(total, float("-inf"))
+    init_wins = init_cand >= seq_max
+    hits = (cand == seq_max[:, seq_id]) & ~init_wins[:, seq_id]
+    count = torch.zeros_like(seq_max).scatter_add(1, seq_id.expand(NH, T), hits.double())
+    dm = dm_last.t().double()
+    d_li = torch.where(hits, (dm / count.clamp(min=1))[:, seq_id], 0.0)
+    # dm reaches lf_r for every r after the argmax step (every r when the initial state wins): a prefix sum
+    suffix_hits = _segment_suffix_sum(d_li, layout)
+    d_lf = suffix_hits[:, bounds[:-1]][:, seq_id] - suffix_hits + torch.where(init_wins, dm, 0.0)[:, seq_id]
+    d_m0 = torch.where(init_wins, dm, 0.0).t()
+    return d_lf, d_li, d_m0
+
+
+class _MLSTMChunkwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, igate, fgate, c0, n0, m0, variant, chunk_size, normalize, eps, bounds):
+        sig = variant == "sig"
+        B, _, S, _ = q.shape
+        layout = chunk_layout(B, S, chunk_size, q.device, bounds)
+        init = _fold_initial(c0, n0, m0, sig)
+        gb, gli = _gates(igate, fgate, layout, chunk_size, sig)
+        c, n, m = _states(k, v, gb, gli, layout, chunk_size, init, sig)
+        h = torch.empty_like(v)
+        mrows = torch.empty_like(gb)
+        qn = torch.empty_like(gb)
+        scale = q.shape[-1] ** -0.5
+        _intra("h", layout, chunk_size, A=q, BM=k, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows, mstate=m,
+               qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
+        last = tuple(x[layout.last_slots] for x in (c, n, m))
+        ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c0, n0, m0, *last)
+        ctx.config = (variant, chunk_size, normalize, eps, layout)
+        ctx.mark_non_differentiable(last[2])
+        ctx.set_materialize_grads(False)  # unused last states give None, which skips their gradient terms
+        return h, *last
+
+    @staticmethod
+    def backward(ctx, dh, dc_last, dn_last, dm_last):
+        q, k, v, igate, fgate, h, gb, gli, mrows, qn, c0, n0, m0, c_last, n_last, _ = ctx.saved_tensors
+        variant, chunk_size, normalize, eps, layout = ctx.config
+        sig = variant == "sig"
+        B, NH, S, DK = q.shape
+        DV = v.shape[-1]
+        scale = DK**-0.5
+        init = _fold_initial(c0, n0, m0, sig)
+        c, n, m = _states(k, v, gb, gli, layout, chunk_size, init, sig)
+
+        dh = torch.zeros_like(h) if dh is None else dh.contiguous()
+        dnum = torch.empty_like(v)
+        dqn = torch.empty_like(gb)
+        rows = B * NH * S
+        _output_grad_kernel[(triton.cdiv(rows, 64),)](dh, h, qn, mrows, dnum, dqn, rows, DV, eps, SIG=sig,
+                                                      NORMALIZE=normalize, BT=64, BX=_pow2(DV, high=128))
+        has_last_grad = dc_last is not None or dn_last is not None
+        final = None
+        if has_last_grad:
+            dc_last = torch.zeros_like(c_last) if dc_last is None else dc_last.float().contiguous()
+            dn_last = torch.zeros_like(n_last) if dn_last is None else dn_last.float().contiguous()
+            final = (dc_last, dn_last, gb)
+        dc = torch.empty_like(c)
+        dn = torch.empty_like(n)
+        _recurrence(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc,
+                    out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig)
+
+        kw = dict(gb=gb, gli=gli, mrows=mrows, mstate=m, scale=scale, sig=sig)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # one partial row-dot per column tile of dq / dk; tiles the chosen config does not have stay zero
+        qdq = torch.zeros(triton.cdiv(DK, 16), B, NH, S, device=q.device, dtype=torch.float32)
+        kdk = torch.zeros_like(qdq)
+        _intra("dq", layout, chunk_size, A=dnum, BM=v, X=k, out=dq, stm=c, stv=n, aug=dqn, rows_dot=(qdq, q), **kw)
+        _intra("dk", layout, chunk_size, A=v, BM=dnum, X=q, out=dk, stm=dc, stv=dn, aug=dqn, rows_dot=(kdk, k), **kw)
+        _intra("dv", layout, chunk_size, A=k, BM=q, X=dnum, out=dv, stm=dc, stv=dn, **kw)
+
+        last_grads = (dc_last, dn_last, c_last, n_last, dm_last) if has_last_grad else None
+        d_li, d_lf, d_m0 = _gate_grads(qdq.sum(0), kdk.sum(0), fgate, gli, layout, m0, sig, last_grads)
+        di = d_li if not sig else d_li * torch.sigmoid(-igate.float())
+        df = d_lf * torch.sigmoid(-fgate.float())
+
+        dc0 = dn0 = dm0 = None
+        if c0 is not None:
+            first = layout.first_slots
+            dc0, dn0 = dc[first], dn[first]
+            c0f, n0f, _ = init
+            dm0 = (dc0 * c0f).sum((-1, -2)) + (dn0 * n0f).sum(-1)
+            if sig:
+                factor = torch.exp(m0.float())
+                dc0, dn0 = dc0 * factor[..., None, None], dn0 * factor[..., None]
+            elif d_m0 is not None:
+                dm0 = dm0 + d_m0
+            dc0, dn0, dm0 = dc0.to(c0.dtype), dn0.to(n0.dtype), dm0.to(m0.dtype)
+        return (dq, dk, dv, di.to(igate.dtype), df.to(fgate.dtype), dc0, dn0, dm0,
+                None, None, None, None, None)
+
+
+def _fold_initial(c0, n0, m0, sig: bool):
+    """The initial state in fp32 as the kernels read it; for sig, exp(m) is folded into C and n."""
+    if c0 is None:
+        return None
+    c, n, m = c0.float().contiguous(), n0.float().contiguous(), m0.float().contiguous()
+    if sig:
+        factor = torch.exp(m)
+        c, n = c * factor[..., None, None], n * factor[..., None]
+    return c, n, m
+
+
+def _packed(x: torch.Tensor) -> torch.Tensor:
+    """(B, NH, S) -> (NH, B * S), the flattened token order of ChunkLayout.bounds."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def _gate_grads(x_q, x_k, fgate, gli, layout: ChunkLayout, m0, sig: bool, last_grads):
+    """Gradients of the log gates from the row-dots q.dq and k.dk, plus the last state's terms.
+
+    Returns d log i, d log f (B, NH, S) in fp32 and the extra gradient of the initial m (or None).
+    """
+    B, NH, S = x_q.shape
+    seq_id = layout.seq_id
+    d_lf = _segment_suffix_sum(_packed(x_q - x_k), layout)
+    d_li = _packed(x_k).double()
+    d_m0 = None
+    if last_grads is not None:
+        dc_last, dn_last, c_last, n_last, dm_last = last_grads
+        scaling = (dc_last * c_last).sum((-1, -2)) + (dn_last * n_last).sum(-1)  # (n_seqs, NH)
+        d_lf = d_lf + scaling.t().double()[:, seq_id]
+        if not sig:
+            # a loss on the stabilised last state also moves its stabiliser m_T
+            dm = (torch.zeros_like(scaling) if dm_last is None else dm_last.float()) - scaling
+            lf = _packed(F.logsigmoid(fgate.double()))
+            extra_lf, extra_li, d_m0 = _last_m_grad(lf, _packed(gli).double(), m0, dm, layout)
+            d_lf, d_li = d_lf + extra_lf, d_li + extra_li
+            d_m0 = d_m0.float() if m0 is not None else None
+    unpack = lambda x: x.float().reshape(NH, B, S).transpose(0, 1)
+    return unpack(d_li), unpack(d_lf), d_m0
+
+
+@torch.compiler.disable
+def mlstm_chunkwise_triton(q, k, v, igate, fgate, *, variant: str, chunk_size: int,
+                           initial_state: MLSTMState | None, return_last_state: bool, normalize: bool, eps: float,
+                           cu_seqlens: torch.Tensor | None):
+    """Chunkwise mLSTM on Triton; returns (h, last_state or None). Differentiable w.r.t. all inputs and the initial
+    state (the last state's m is not differentiable). Shapes as in `kernels.mlstm.mlstm`; fp16/bf16/fp32 inputs.
+
+    Runs eagerly inside torch.compile graphs (the Triton launches sit behind a graph break).
+    """
+    if q.dtype == torch.float64:
+        raise ValueError("the Triton mLSTM kernels take fp16/bf16/fp32 inputs; use backend='torch' for fp64")
+    bounds = None if cu_seqlens is None else tuple(int(b) for b in cu_seqlens.tolist())
+    q, k, v, igate, fgate = (x.contiguous() for x in (q, k, v, igate, fgate))
+    c0, n0, m0 = (None, None, None) if initial_state is None else initial_state
+    h, c, n, m = _MLSTMChunkwise.apply(q, k, v, igate, fgate, c0, n0, m0, variant, chunk_size, normalize, eps,
+                                       bounds)
+    return h, ((c, n, m) if return_last_state else None)
