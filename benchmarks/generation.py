@@ -73,7 +73,7 @@ def build_llama(args, device, dtype):
 
 
 @torch.no_grad()
-def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows):
+def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows, compile_step=False):
     vocab = model.cfg.vocab_size
     decoders = {}
     for batch, context in cases:
@@ -84,7 +84,7 @@ def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows):
             model.prefill(prompt[:, :16])  # warm the kernels outside the timed region
             _, prefill_s = _timed(lambda: model.prefill(prompt))
             if use_graph:
-                decoder = decoders.setdefault(batch, GraphedDecoder(model, temperature=0))
+                decoder = decoders.setdefault(batch, GraphedDecoder(model, temperature=0, compile=compile_step))
                 decoder.generate(prompt[:, :16], 4)  # capture once per batch size
                 tokens, total_s = _timed(lambda: decoder.generate(prompt, new_tokens))
             else:
@@ -156,6 +156,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backend", default="auto", help="mLSTM backend of our model: auto | torch | triton")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also decode with a torch.compile'd step in the graph")
     parser.add_argument("--out", default="benchmarks/results/generation.json")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -172,6 +173,9 @@ def main(argv=None) -> None:
                 device == "cuda", rows)
     if device == "cuda":
         bench_xlstm(model, impl + "-eager", cases[:1], args.new_tokens, device, False, rows)
+        if args.compile:
+            bench_xlstm(model, impl + "+compile+cudagraph", cases, args.new_tokens, device, True, rows,
+                        compile_step=True)
     del model
     _reset_memory()
     if not args.skip_llama:
