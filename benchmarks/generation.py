@@ -98,6 +98,9 @@ def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows, compile
                      row(impl, case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
         except torch.OutOfMemoryError:
             rows.append(row(impl, case, "decode", "OOM", "tok/s", batch=batch, context=context))
+        except Exception as error:  # a failing variant (e.g. torch.compile) is reported, not fatal to the run
+            rows.append(row(impl, case, "decode", f"failed: {type(error).__name__}", "tok/s", batch=batch,
+                            context=context, error=str(error)[:500]))
         print(f"{impl} {case} done", flush=True)
 
 

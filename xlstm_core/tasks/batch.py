@@ -35,12 +35,16 @@ class TaskBatch:
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], candidates: Sequence[int] | None,
-              pad_token: int = 0) -> TaskBatch:
-    """Right-pad token and target lists (pairwise of equal length) into a TaskBatch."""
+              pad_token: int = 0, width: int | None = None) -> TaskBatch:
+    """Right-pad token and target lists (pairwise of equal length) into a TaskBatch of `width` columns (default:
+    the longest sequence). A fixed width keeps tensor shapes constant across training steps, which spares
+    shape-specialised GPU kernels from recompiling."""
     if len(sequences) != len(targets) or not sequences:
         raise ValueError(f"need as many target lists as sequences (>= 1), got {len(sequences)} and {len(targets)}")
     lengths = [len(s) for s in sequences]
-    width = max(lengths)
+    width = max(lengths) if width is None else width
+    if width < max(lengths):
+        raise ValueError(f"width={width} is shorter than the longest sequence ({max(lengths)})")
     tokens = torch.full((len(sequences), width), pad_token, dtype=torch.long)
     target = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
     for row, (seq, tgt) in enumerate(zip(sequences, targets)):

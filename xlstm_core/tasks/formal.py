@@ -300,7 +300,7 @@ SUPERVISION = ("final", "prefix")
 def sample_batch(task: FormalTask, lengths: Sequence[int], num_samples: int, rng: Rng,
                  supervision: str = "final") -> TaskBatch:
     """`num_samples` strings with lengths drawn uniformly from `lengths`, scored at the QUERY position (and, with
-    supervision="prefix", after every symbol that completes a valid prefix instance)."""
+    supervision="prefix", after every symbol that completes a valid prefix instance); padded to max(lengths) + 1."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
     if supervision not in SUPERVISION:
@@ -315,7 +315,7 @@ def sample_batch(task: FormalTask, lengths: Sequence[int], num_samples: int, rng
         else:
             prefix = [IGNORE] * (len(symbols) - 1)
         targets.append(prefix + [IGNORE, task.answer(symbols)])
-    return pad_batch(sequences, targets, task.candidates, PAD)
+    return pad_batch(sequences, targets, task.candidates, PAD, width=max(lengths) + 1)
 
 
 def make_split(task: FormalTask, low: int, high: int, num_samples: int, seed: int) -> TaskBatch:

@@ -7,6 +7,7 @@ are sized to the parameter count of a reference xLSTM of the same width and dept
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +20,31 @@ from xlstm_core.lm import xLSTMLM
 
 _RATIO = re.compile(r"^xlstm\[(\d+):(\d+)\]$")
 BASELINES = ("transformer", "lstm")
+
+
+@dataclass
+class ModelSpec:
+    """One entry of an experiment's model list: architecture, display name, extra stack overrides, and learning
+    rates to sweep (None: the experiment's)."""
+
+    arch: str
+    name: str | None = None
+    stack: dict[str, Any] = field(default_factory=dict)
+    lrs: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        self.arch = self.arch.lower()
+        if self.arch not in BASELINES:
+            parse_ratio(self.arch)
+        if self.name is None:
+            self.name = {"transformer": "Llama", "lstm": "LSTM"}.get(self.arch, self.arch.replace("xlstm", "xLSTM"))
+
+    @classmethod
+    def parse(cls, entry: "str | dict[str, Any] | ModelSpec") -> "ModelSpec":
+        """From an architecture string or a dict of fields (as written in a Hydra config)."""
+        if isinstance(entry, ModelSpec):
+            return entry
+        return cls(arch=entry) if isinstance(entry, str) else cls(**entry)
 
 
 def parse_ratio(arch: str) -> tuple[int, int]:
@@ -59,7 +85,9 @@ def build_model(arch: str, vocab_size: int, embedding_dim: int, num_blocks: int,
     if arch == "transformer":
         def make(ffn_dim: int) -> nn.Module:
             return TransformerLM(TransformerConfig(vocab_size, embedding_dim, num_blocks, num_heads, ffn_dim))
+        sizes = range(4, 16 * embedding_dim + 1, 4)
     else:
         def make(hidden_dim: int) -> nn.Module:
             return LSTMLM(LSTMConfig(vocab_size, embedding_dim, hidden_dim, num_blocks))
-    return match_parameters(make, target, range(4, 16 * embedding_dim + 1, 4))[1]
+        sizes = range(1, 4 * embedding_dim + 1)
+    return match_parameters(make, target, sizes)[1]
