@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from xlstm_core.generation import prefill_prompts
+from xlstm_core.generation import filter_logits, prefill_prompts
 from xlstm_core.state import map_state
 
 
@@ -24,15 +24,7 @@ def graph_safe_sample(logits: torch.Tensor, temperature: float, top_k: int | Non
     (the same distribution as softmax sampling, but capturable in a CUDA graph)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        drop_sorted = probs.cumsum(-1) - probs >= top_p
-        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
     gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_(1e-20, 1.0)))
     return (logits + gumbel).argmax(-1)
 

@@ -23,11 +23,11 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, device: torch.device | str) -> "TaskBatch":
+    def to(self, device: torch.device | str) -> TaskBatch:
         cand = None if self.candidates is None else self.candidates.to(device)
         return TaskBatch(self.tokens.to(device), self.targets.to(device), cand, self.lengths.to(device))
 
-    def slice(self, start: int, stop: int) -> "TaskBatch":
+    def slice(self, start: int, stop: int) -> TaskBatch:
         """Rows start:stop, trimmed to their longest sequence."""
         lengths = self.lengths[start:stop]
         width = int(lengths.max())

@@ -13,8 +13,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from xlstm_core.baselines import LSTMConfig, LSTMLM, TransformerConfig, TransformerLM, count_parameters, \
-    match_parameters
+from xlstm_core.baselines import (
+    LSTMLM,
+    LSTMConfig,
+    TransformerConfig,
+    TransformerLM,
+    count_parameters,
+    match_parameters,
+)
 from xlstm_core.config import xLSTMBlockStackConfig, xLSTMLMConfig
 from xlstm_core.lm import xLSTMLM
 
@@ -40,7 +46,7 @@ class ModelSpec:
             self.name = {"transformer": "Llama", "lstm": "LSTM"}.get(self.arch, self.arch.replace("xlstm", "xLSTM"))
 
     @classmethod
-    def parse(cls, entry: "str | dict[str, Any] | ModelSpec") -> "ModelSpec":
+    def parse(cls, entry: str | dict[str, Any] | ModelSpec) -> ModelSpec:
         """From an architecture string or a dict of fields (as written in a Hydra config)."""
         if isinstance(entry, ModelSpec):
             return entry
@@ -75,8 +81,8 @@ def build_model(arch: str, vocab_size: int, embedding_dim: int, num_blocks: int,
     arch = arch.lower()
     if arch not in BASELINES:
         mlstm, slstm = parse_ratio(arch)
-        stack_cfg = xLSTMBlockStackConfig(**{**dict(embedding_dim=embedding_dim, num_blocks=num_blocks,
-                                                    num_heads=num_heads), **(stack or {}),
+        size = {"embedding_dim": embedding_dim, "num_blocks": num_blocks, "num_heads": num_heads}
+        stack_cfg = xLSTMBlockStackConfig(**{**size, **(stack or {}),
                                              "slstm_at": slstm_positions(num_blocks, mlstm, slstm)})
         return xLSTMLM(xLSTMLMConfig(vocab_size=vocab_size, stack=stack_cfg, logit_soft_cap=logit_soft_cap))
     with torch.device("meta"):

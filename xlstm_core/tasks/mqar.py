@@ -1,4 +1,4 @@
-"""Multi-Query Associative Recall (Arora et al., 2023): memorise key-value pairs, then recall the values of queried keys.
+"""Multi-Query Associative Recall (Arora et al., 2023): memorise key-value pairs, then recall the queried values.
 
 A sequence is `k1 v1 k2 v2 ... kN vN` followed by a query region in which every key appears once, at random
 positions and in random order, between filler tokens. At a query key the model must output that key's value.
