@@ -1,0 +1,193 @@
+"""ViL backbone: published parameter counts, shapes, reading directions, pooling, timm integration, checkpoints."""
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import vision
+from vision.vil import VisionLSTM, load_checkpoint
+
+SMALL = dict(img_size=16, patch_size=4, embed_dim=16, depth=2, chunk_size=16)
+
+
+def small_vil(**overrides):
+    torch.manual_seed(0)
+    return timm.create_model("vil_tiny_patch16_224", num_classes=5, **{**SMALL, **overrides}).eval()
+
+
+@pytest.mark.parametrize("name, expected", [("vil_tiny_patch16_224", 6_381_544), ("vil_small_patch16_224", 23_378_728),
+                                            ("vil_base_patch16_224", 89_223_592)])
+def test_parameter_counts_match_the_published_models(name, expected):
+    with torch.device("meta"):
+        model = timm.create_model(name, img_size=192)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert len(model.stack.blocks) == 24 and model.stack.reversed == [i % 2 == 1 for i in range(24)]
+
+
+@pytest.mark.parametrize("img", [(16, 16), (32, 24), (8, 40)])
+def test_shapes_at_several_resolutions(img):
+    model = small_vil()
+    x = torch.randn(2, 3, *img)
+    tokens = model.forward_features(x)
+    assert tokens.shape == (2, img[0] // 4 * img[1] // 4, 16)
+    assert model.forward_head(tokens, pre_logits=True).shape == (2, 32)
+    assert model(x).shape == (2, 5)
+
+
+def _block_outputs(model, index, x, grid):
+    with torch.no_grad():
+        return model._block(index, x, grid)
+
+
+def test_forward_block_is_causal_and_reversed_block_anti_causal():
+    """Block 0 reads top-left -> bottom-right, block 1 the flipped sequence: perturbing the last token can only
+    reach earlier tokens through block 1, perturbing the first token later ones only through block 0 (the 3x3 conv
+    reaches one row + one token, hence the margin)."""
+    model = small_vil(img_size=32)  # 8x8 grid, 64 tokens
+    grid, T, margin = (8, 8), 64, 8 + 1
+    x = torch.randn(1, T, 16)
+    for index, changed_token in ((0, T - 1), (1, 0)):
+        y = _block_outputs(model, index, x, grid)
+        x2 = x.clone()
+        x2[:, changed_token] += 1.0
+        diff = (_block_outputs(model, index, x2, grid) - y).abs().amax(-1)[0]
+        if index == 0:  # forward: tokens well before the change cannot see it
+            assert diff[: T - 1 - margin].max() == 0 and diff[T - 1] > 0
+        else:  # reversed: tokens well after the change cannot see it
+            assert diff[1 + margin:].max() == 0 and diff[0] > 0
+    # and each direction does see the other end: the change propagates against the "blind" direction
+    x2 = x.clone()
+    x2[:, T - 1] += 1.0
+    assert (_block_outputs(model, 1, x2, grid) - _block_outputs(model, 1, x, grid))[0, 0].abs().max() > 0
+
+
+def test_bilateral_pooling_uses_first_and_last_token_only():
+    model = small_vil()
+    tokens = torch.randn(2, 16, 16)
+    pooled = model.forward_head(tokens, pre_logits=True)
+    expected = F.layer_norm(torch.cat([tokens[:, 0], tokens[:, -1]], -1), (32,), model.head_norm.weight,
+                            model.head_norm.bias, model.head_norm.eps)
+    torch.testing.assert_close(pooled, expected)
+    tokens[:, 1:-1] = torch.randn(2, 14, 16)
+    torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), expected)
+
+
+def test_dense_qkv_path_matches_block_diagonal_einsum():
+    dense, blocks = small_vil(dense_qkv=True), small_vil(dense_qkv=False)
+    blocks.load_state_dict(dense.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(dense(x), blocks(x), atol=1e-5, rtol=1e-5)
+
+
+def test_causal1d_conv_variant_runs():
+    model = small_vil(conv_mode="causal1d")
+    assert model.stack.blocks[0].layer.conv.weight.shape == (32, 4)
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+
+
+def test_timm_registry_and_data_config():
+    assert {"vil_tiny_patch16_224", "vil_small_patch16_224", "vil_base_patch16_224"} <= set(timm.list_models("vil_*"))
+    model = small_vil()
+    assert isinstance(model, VisionLSTM)
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config["interpolation"] == "bicubic" and config["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
+    assert model.pretrained_cfg["num_classes"] == 1000 and model.pretrained_cfg["classifier"] == "head"
+    assert model.no_weight_decay() == {"pos_embed"}
+    model.reset_classifier(3, global_pool="avg")
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3) and model.head.in_features == 16
+
+
+def test_checkpoint_round_trip_with_new_resolution_and_classes(tmp_path):
+    model = small_vil()
+    path = tmp_path / "vil.pth"
+    torch.save({"model": model.state_dict(), "epoch": 3}, path)  # a training checkpoint of ours
+    same = timm.create_model("vil_tiny_patch16_224", num_classes=5, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(path)), **SMALL).eval()
+    x = torch.randn(2, 3, 16, 16)
+    # timm drops the classifier when num_classes differs from the pretrained_cfg's 1000: compare the backbone
+    torch.testing.assert_close(same.forward_head(same.forward_features(x), pre_logits=True),
+                               model.forward_head(model.forward_features(x), pre_logits=True))
+    bigger = timm.create_model("vil_tiny_patch16_224", num_classes=7, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path)), **{**SMALL, "img_size": 32}).eval()
+    assert bigger.pos_embed.shape == (1, 64, 16)
+    torch.testing.assert_close(bigger.stack.blocks[1].layer.q.weight, model.stack.blocks[1].layer.q.weight)
+    # the resampled grid agrees with resampling on the fly inside the original model
+    torch.testing.assert_close(bigger.forward_features(torch.ones(1, 3, 32, 32)),
+                               model.forward_features(torch.ones(1, 3, 32, 32)), atol=1e-5, rtol=1e-4)
+
+
+def _to_published_layout(model):
+    """Our state dict in the published VisionLSTM2 key layout (written independently of vision.vil's mapping)."""
+    sd, out = model.state_dict(), {}
+    grid = model.patch_embed.grid_size
+    out["patch_embed.proj.weight"], out["patch_embed.proj.bias"] = sd["patch_embed.proj.weight"], sd[
+        "patch_embed.proj.bias"]
+    out["pos_embed.embed"] = sd["pos_embed"].reshape(1, grid[0], grid[1], -1)
+    for i in range(len(model.stack.blocks)):
+        p = f"blocks.{i // 2}.{'rowwise_from_bot_right' if i % 2 else 'rowwise_from_top_left'}."
+        b = f"stack.blocks.{i}."
+        out[p + "norm.weight"] = sd[b + "norm.weight"] - 1
+        out[p + "norm.bias"] = sd[b + "norm.bias"]
+        for theirs, ours in (("proj_up", "proj_up"), ("proj_down", "proj_down"), ("mlstm_cell.igate", "igate"),
+                             ("mlstm_cell.fgate", "fgate")):
+            out[p + f"layer.{theirs}.weight"] = sd[b + f"layer.{ours}.weight"]
+            out[p + f"layer.{theirs}.bias"] = sd[b + f"layer.{ours}.bias"]
+        for n in "qkv":
+            out[p + f"layer.{n}_proj.weight"] = sd[b + f"layer.{n}.weight"].transpose(1, 2)
+            out[p + f"layer.{n}_proj.bias"] = sd[b + f"layer.{n}.bias"]
+        out[p + "layer.conv.weight"] = sd[b + "layer.conv.conv.weight"]
+        out[p + "layer.conv.bias"] = sd[b + "layer.conv.conv.bias"]
+        out[p + "layer.mlstm_cell.outnorm.weight"] = sd[b + "layer.norm.weight"] - 1
+        out[p + "layer.mlstm_cell.outnorm.bias"] = sd[b + "layer.norm_bias"]
+        out[p + "layer.learnable_skip"] = sd[b + "layer.skip"]
+    out["norm.weight"], out["norm.bias"] = sd["stack.final_norm.weight"] - 1, sd["stack.final_norm.bias"]
+    out["legacy_norm.weight"], out["legacy_norm.bias"] = sd["head_norm.weight"], sd["head_norm.bias"]
+    out["head.weight"], out["head.bias"] = sd["head.weight"], sd["head.bias"]
+    return out
+
+
+def test_published_checkpoint_layout_loads_from_a_local_file(tmp_path):
+    source = small_vil()
+    with torch.no_grad():  # make every parameter distinctive (norm biases, skip, head are constant at init)
+        for p in source.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "vil2-tiny.th"
+    torch.save({"state_dict": _to_published_layout(source)}, path)
+    target = small_vil()
+    load_checkpoint(target, str(path))
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(target(x), source(x))
+    with pytest.raises(ValueError, match="unexpected key"):
+        vision.convert_published({"blocks.0.rowwise_from_top_left.layer.bogus": torch.zeros(1)})
+
+
+def test_forward_intermediates_and_features_only():
+    model = small_vil(depth=4)
+    x = torch.randn(2, 3, 16, 16)
+    final, inter = model.forward_intermediates(x, indices=[1, 3])
+    assert [t.shape for t in inter] == [(2, 16, 4, 4)] * 2
+    torch.testing.assert_close(final, model.forward_features(x))
+    last = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", intermediates_only=True)
+    torch.testing.assert_close(last[0], model.forward_features(x))
+    features = timm.create_model("vil_tiny_patch16_224", features_only=True, out_indices=(0, 2), **{**SMALL,
+                                                                                                   "depth": 4})
+    assert [f.shape for f in features(x)] == [(2, 16, 4, 4)] * 2
+    assert features.feature_info.reduction() == [4, 4]
+
+
+def test_grad_checkpointing_matches_plain_forward():
+    model = small_vil().train()
+    x = torch.randn(2, 3, 16, 16)
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    ckpt = model(x)
+    torch.testing.assert_close(ckpt, plain)
+    ckpt.sum().backward()
+    assert model.pos_embed.grad is not None
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="global_pool"):
+        VisionLSTM(global_pool="max")
+    with pytest.raises(ValueError, match="depth"):
+        VisionLSTM(depth=0)

@@ -1,0 +1,68 @@
+"""Training loop: schedule, learning on a real (tiny) image folder, exact resume, metrics files, complexity counts."""
+import math
+import os
+
+import pytest
+import torch
+
+from vision.complexity import count_flops, count_params
+from vision.data import DataConfig
+from vision.metrics import read_csv
+from vision.train import TrainConfig, lr_at, train
+
+MODEL_KWARGS = dict(patch_size=4, embed_dim=16, depth=2, chunk_size=16)
+
+
+def tiny_config(root, out_dir, **overrides):
+    data = DataConfig(root=root, input_size=16, batch_size=8, num_workers=0, scale=(0.6, 1.0), hflip=0.0,
+                      color_jitter=0.0, auto_augment=None, crop_pct=1.0, mixup=0.0, cutmix=0.0)
+    base = dict(model="vil_tiny_patch16_224", model_kwargs=MODEL_KWARGS, data=data, epochs=2, warmup_epochs=0.5,
+                lr=0.05, device="cpu", out_dir=str(out_dir), progress=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_lr_schedule_warmup_then_cosine():
+    values = [lr_at(s, 100, 10, 1.0, 0.0, 0.1) for s in range(101)]
+    assert values[0] == 0.0 and math.isclose(values[5], 0.5) and math.isclose(values[10], 1.0)
+    assert math.isclose(values[55], 0.55) and math.isclose(values[100], 0.1)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_training_learns_and_writes_metrics(stripes_root, tmp_path):
+    result = train(tiny_config(stripes_root, tmp_path, epochs=3, ema_decay=0.9))
+    history = result["history"]
+    assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["top1"] >= 66.0  # 3 classes, chance 33%
+    assert {"top1", "top5", "ema_top1", "val_loss", "train_img_per_s"} <= set(history[0])
+    rows = read_csv(os.path.join(tmp_path, "metrics.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and math.isclose(rows[-1]["top1"], history[-1]["top1"])
+    assert os.path.getsize(os.path.join(tmp_path, "curves.png")) > 1000
+
+
+def test_resume_is_exact(stripes_root, tmp_path):
+    straight = train(tiny_config(stripes_root, tmp_path / "a", ema_decay=0.9))
+    train(tiny_config(stripes_root, tmp_path / "b", ema_decay=0.9, stop_epoch=1))  # stops after epoch 1 ...
+    resumed = train(tiny_config(stripes_root, tmp_path / "b", ema_decay=0.9))  # ... and continues to epoch 2
+    a = torch.load(tmp_path / "a" / "last.pth", weights_only=False)
+    b = torch.load(tmp_path / "b" / "last.pth", weights_only=False)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert straight["history"][-1]["train_loss"] == resumed["history"][-1]["train_loss"]
+    with pytest.raises(ValueError, match="different run"):
+        train(tiny_config(stripes_root, tmp_path / "b", seed=1, epochs=3, ema_decay=0.9))
+
+
+def test_train_config_validation(stripes_root, tmp_path):
+    with pytest.raises(ValueError, match="even batch"):
+        TrainConfig(data=DataConfig(root=stripes_root, batch_size=3, mixup=0.8))
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+
+
+def test_param_and_flop_counts():
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 2, stride=2), torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    assert count_params(layer) == 3 * 4 * 4 + 4 + 256 * 10 + 10
+    # conv: 4 out channels x 8x8 positions x 12 MACs; linear: 2560 MACs; 2 FLOPs per MAC
+    assert count_flops(layer, 16) == 2 * (4 * 64 * 12 + 2560)
