@@ -1,0 +1,1 @@
+"""Language modelling on local text: mLSTMexp vs mLSTMsig vs a Llama-style Transformer."""
