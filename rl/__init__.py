@@ -2,20 +2,27 @@
 
     from rl import collect, load_task, MultiTaskSampler, ActionModel, ActionModelConfig, train, evaluate_task
 """
-from rl.data.collect import CollectConfig, collect, collect_task, dataset_id, minari_root
-from rl.data.loader import MultiTaskSampler, TaskData, TaskInfo, load_task
-from rl.envs import DOMAINS, TASKS, TaskSpec, make_env
-from rl.evaluate import context_extrapolation, evaluate_models, evaluate_task, normalized_score
-from rl.inference import GraphedStep
-from rl.model import ActionModel, ActionModelConfig, matched_dt_layers
-from rl.pipeline import run
-from rl.ppo import PPOConfig, train_ppo
-from rl.tokens import ActionCodec
-from rl.train import TrainConfig, load_checkpoint, train
+import importlib
 
-__all__ = [
-    "CollectConfig", "collect", "collect_task", "dataset_id", "minari_root", "MultiTaskSampler", "TaskData",
-    "TaskInfo", "load_task", "DOMAINS", "TASKS", "TaskSpec", "make_env", "context_extrapolation", "evaluate_models",
-    "evaluate_task", "normalized_score", "GraphedStep", "ActionModel", "ActionModelConfig", "matched_dt_layers", "run",
-    "PPOConfig", "train_ppo", "ActionCodec", "TrainConfig", "load_checkpoint", "train",
-]
+# Public names and the module that defines each; imported on first use (PEP 562), so that `import rl` or a
+# benchmark that needs only the model does not pull in minari/jax and every environment suite.
+_EXPORTS = {
+    "rl.data.collect": ["CollectConfig", "collect", "collect_task", "dataset_id", "minari_root"],
+    "rl.data.loader": ["MultiTaskSampler", "TaskData", "TaskInfo", "load_task"],
+    "rl.envs": ["DOMAINS", "TASKS", "TaskSpec", "make_env"],
+    "rl.evaluate": ["context_extrapolation", "evaluate_models", "evaluate_task", "normalized_score"],
+    "rl.inference": ["GraphedStep"],
+    "rl.model": ["ActionModel", "ActionModelConfig", "matched_dt_layers"],
+    "rl.pipeline": ["run"],
+    "rl.ppo": ["PPOConfig", "train_ppo"],
+    "rl.tokens": ["ActionCodec"],
+    "rl.train": ["TrainConfig", "load_checkpoint", "train"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'rl' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
