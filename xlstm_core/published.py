@@ -51,48 +51,40 @@ def _open_tensors(directory: Path) -> dict[str, Path]:
     return names
 
 
-Part = tuple[tuple[str, ...], "slice | None"]  # alternative source names, row slice
+Part = tuple[str, ...]  # alternative names of one published tensor
 
 
-def _parts(*names: str, rows: slice | None = None) -> Part:
-    return tuple(names), rows
+def _parts(*names: str) -> Part:
+    return tuple(names)
 
 
 def _target_tensors(model: xLSTMLM, data: dict) -> dict[str, list[Part]]:
-    """For each of our parameters, the published tensors (first present alternative, row slice) it concatenates."""
-    cfg = model.cfg.stack
+    """For each of our parameters, the published tensors (first present alternative) it concatenates along rows."""
     fused = data.get("weight_mode", "single") == "fused"
     mapping = {"embedding.weight": [_parts("backbone.embeddings.weight")],
                "backbone.final_norm.weight": [_parts("backbone.out_norm.weight")]}
     if not model.cfg.tie_embeddings:
         mapping["head.weight"] = [_parts("lm_head.weight")]
-    for i, block in enumerate(model.backbone.blocks):
+    for i in range(len(model.backbone.blocks)):
         src, ours = f"backbone.blocks.{i}", f"backbone.blocks.{i}"
-        qk, v, nh = block.layer.qk_dim, block.layer.v_dim, cfg.num_heads
+        layer = f"{src}.mlstm_layer"
         mapping[f"{ours}.norm_mixer.weight"] = [_parts(f"{src}.norm_mlstm.weight")]
         mapping[f"{ours}.norm_ffn.weight"] = [_parts(f"{src}.norm_ffn.weight")]
-        mapping[f"{ours}.layer.norm.weight"] = [_parts(f"{src}.mlstm_layer.multihead_norm.weight")]
-        mapping[f"{ours}.layer.out.weight"] = [_parts(f"{src}.mlstm_layer.out_proj.weight")]
+        mapping[f"{ours}.layer.norm.weight"] = [_parts(f"{layer}.multihead_norm.weight")]
+        mapping[f"{ours}.layer.out.weight"] = [_parts(f"{layer}.out_proj.weight")]
         mapping[f"{ours}.ffn.down.weight"] = [_parts(f"{src}.ffn.proj_down.weight")]
         if fused:
-            qkvo = f"{src}.mlstm_layer.qkv_opreact.weight"
-            bounds = {"q": slice(0, qk), "k": slice(qk, 2 * qk), "v": slice(2 * qk, 2 * qk + v),
-                      "ogate": slice(2 * qk + v, 2 * qk + 2 * v)}
-            for name, rows in bounds.items():
-                mapping[f"{ours}.layer.{name}.weight"] = [_parts(qkvo, rows=rows)]
+            mapping[f"{ours}.layer.qkvo.weight"] = [_parts(f"{layer}.qkv_opreact.weight")]
             for part in ("weight", "bias"):
-                gates = f"{src}.mlstm_layer.ifgate_preact.{part}"
-                mapping[f"{ours}.layer.igate.{part}"] = [_parts(gates, rows=slice(0, nh))]
-                mapping[f"{ours}.layer.fgate.{part}"] = [_parts(gates, rows=slice(nh, 2 * nh))]
+                mapping[f"{ours}.layer.gates.{part}"] = [_parts(f"{layer}.ifgate_preact.{part}")]
             mapping[f"{ours}.ffn.up.weight"] = [_parts(f"{src}.ffn.proj_up_gate_z.weight")]
         else:
-            for name in ("q", "k", "v"):
-                mapping[f"{ours}.layer.{name}.weight"] = [_parts(*(f"{src}.mlstm_layer.{alias}.weight"
-                                                                   for alias in ALIASES[name]))]
-            mapping[f"{ours}.layer.ogate.weight"] = [_parts(f"{src}.mlstm_layer.ogate_preact.weight")]
-            for gate in ("igate", "fgate"):
-                for part in ("weight", "bias"):
-                    mapping[f"{ours}.layer.{gate}.{part}"] = [_parts(f"{src}.mlstm_layer.{gate}_preact.{part}")]
+            mapping[f"{ours}.layer.qkvo.weight"] = [
+                *(_parts(*(f"{layer}.{alias}.weight" for alias in ALIASES[name])) for name in ("q", "k", "v")),
+                _parts(f"{layer}.ogate_preact.weight")]
+            for part in ("weight", "bias"):
+                mapping[f"{ours}.layer.gates.{part}"] = [_parts(f"{layer}.igate_preact.{part}"),
+                                                         _parts(f"{layer}.fgate_preact.{part}")]
             mapping[f"{ours}.ffn.up.weight"] = [_parts(f"{src}.ffn.proj_up_gate.weight"),
                                                 _parts(f"{src}.ffn.proj_up.weight")]
     return mapping
@@ -119,13 +111,12 @@ def load_published_checkpoint(directory: str | Path, device: str | torch.device 
     loaded = {}
     for name, parts in mapping.items():
         pieces = []
-        for alternatives, rows in parts:
+        for alternatives in parts:
             source = next((a for a in alternatives if a in sources), None)
             if source is None:
                 raise ValueError(f"checkpoint lacks {' / '.join(alternatives)} (for our {name})")
             with safe_open(str(sources[source]), framework="pt", device="cpu") as f:
-                tensor = f.get_tensor(source)
-            pieces.append(tensor if rows is None else tensor[rows])
+                pieces.append(f.get_tensor(source))
         tensor = torch.cat(pieces, 0)
         if tensor.shape != params[name].shape:
             raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != model {tuple(params[name].shape)}")

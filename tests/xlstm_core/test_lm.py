@@ -22,13 +22,16 @@ def test_7b_config_builds_on_meta_with_about_6_9b_parameters():
     assert stack.ffn_dim == 10944 and stack.gate_soft_cap == 15.0 and model.cfg.logit_soft_cap == 30.0
     layer = model.backbone.blocks[0].layer
     assert layer.qk_dim == 2048 and layer.v_dim == 4096
-    assert layer.igate.bias.is_meta  # nothing was allocated
+    assert layer.qkvo.weight.is_meta  # nothing was allocated
+    assert layer.qkvo.weight.shape == (2 * 2048 + 2 * 4096, 4096)
 
 
 def test_xlstm7b_style_initialisation():
     layer = tiny_lm().backbone.blocks[0].layer
-    assert torch.all(layer.igate.bias == -10.0)
-    assert torch.allclose(layer.fgate.bias, torch.linspace(3.0, 6.0, layer.fgate.bias.numel()))
+    nh = layer.cfg.num_heads
+    assert torch.all(layer.gates.bias[:nh] == -10.0)
+    assert torch.allclose(layer.gates.bias[nh:], torch.linspace(3.0, 6.0, nh))
+    assert torch.all(layer.gates.weight == 0) and torch.all(layer.qkvo.weight.split(layer.split_sizes)[3] == 0)
 
 
 def test_logits_are_soft_capped():

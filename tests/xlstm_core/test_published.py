@@ -32,19 +32,20 @@ def published_tensors(model: xLSTMLM, fused: bool, query_names: bool) -> dict[st
         out[f"{p}.mlstm_layer.out_proj.weight"] = layer.out.weight
         out[f"{p}.ffn.proj_down.weight"] = block.ffn.down.weight
         if fused:
-            out[f"{p}.mlstm_layer.qkv_opreact.weight"] = torch.cat(
-                [layer.q.weight, layer.k.weight, layer.v.weight, layer.ogate.weight])
-            out[f"{p}.mlstm_layer.ifgate_preact.weight"] = torch.cat([layer.igate.weight, layer.fgate.weight])
-            out[f"{p}.mlstm_layer.ifgate_preact.bias"] = torch.cat([layer.igate.bias, layer.fgate.bias])
+            out[f"{p}.mlstm_layer.qkv_opreact.weight"] = layer.qkvo.weight
+            out[f"{p}.mlstm_layer.ifgate_preact.weight"] = layer.gates.weight
+            out[f"{p}.mlstm_layer.ifgate_preact.bias"] = layer.gates.bias
             out[f"{p}.ffn.proj_up_gate_z.weight"] = block.ffn.up.weight
         else:
+            q, k, v, o = layer.qkvo.weight.split(layer.split_sizes)
             names = ("query", "key", "value") if query_names else ("q", "k", "v")
-            for ours, theirs in zip(("q", "k", "v"), names):
-                out[f"{p}.mlstm_layer.{theirs}.weight"] = getattr(layer, ours).weight
-            out[f"{p}.mlstm_layer.ogate_preact.weight"] = layer.ogate.weight
-            for gate in ("igate", "fgate"):
-                out[f"{p}.mlstm_layer.{gate}_preact.weight"] = getattr(layer, gate).weight
-                out[f"{p}.mlstm_layer.{gate}_preact.bias"] = getattr(layer, gate).bias
+            for theirs, tensor in zip(names, (q, k, v)):
+                out[f"{p}.mlstm_layer.{theirs}.weight"] = tensor
+            out[f"{p}.mlstm_layer.ogate_preact.weight"] = o
+            for part in ("weight", "bias"):
+                igate, fgate = getattr(layer.gates, part).chunk(2)
+                out[f"{p}.mlstm_layer.igate_preact.{part}"] = igate
+                out[f"{p}.mlstm_layer.fgate_preact.{part}"] = fgate
             gate_rows, up_rows = block.ffn.up.weight.chunk(2, 0)
             out[f"{p}.ffn.proj_up_gate.weight"] = gate_rows
             out[f"{p}.ffn.proj_up.weight"] = up_rows
