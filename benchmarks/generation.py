@@ -146,9 +146,14 @@ def plot(rows, path):
                          and r.get("batch") == 1 and isinstance(r["value"], (int, float)))
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=impl)
-    axes[0].set(xscale="log", xlabel="context (tokens)", ylabel="decode tokens/s (batch 1)")
-    axes[1].set(xscale="log", xlabel="context (tokens)", ylabel="peak memory (GiB, batch 1)")
+    contexts = sorted({r["context"] for r in rows if r.get("batch") == 1})
+    axes[0].set(ylabel="decode tokens/s (batch 1)")
+    axes[1].set(ylabel="peak memory (GiB, batch 1)")
     for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(contexts, [f"{c // 1024}k" if c >= 1024 else str(c) for c in contexts], minor=False)
+        ax.minorticks_off()
+        ax.set_xlabel("context (tokens)")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
