@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ class xLSTMBlockStackConfig:
     chunk_size: int = 64
 
     def __post_init__(self) -> None:
-        self.slstm_at = sorted(int(i) for i in self.slstm_at)
+        self.slstm_at = sorted(int(i) for i in self.slstm_at)  # also turns Hydra's ListConfig into a list
         self.reverse_at = sorted(int(i) for i in self.reverse_at)
         checks = [
             (self.embedding_dim > 0 and self.num_blocks > 0, "embedding_dim and num_blocks must be positive"),
@@ -112,7 +113,7 @@ class xLSTMLMConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.stack, dict):
+        if isinstance(self.stack, Mapping):  # a plain dict or Hydra's DictConfig
             self.stack = xLSTMBlockStackConfig(**self.stack)
         if self.vocab_size < 1:
             raise ValueError(f"xLSTMLMConfig: vocab_size must be positive, got {self.vocab_size}")

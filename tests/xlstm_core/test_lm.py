@@ -122,3 +122,18 @@ def test_bad_tokens_raise():
         tiny_lm()(torch.randn(2, 3))
     with pytest.raises(ValueError, match="reversed blocks"):
         xLSTMLMConfig.preset("tiny", stack={"reverse_at": [0]})
+
+
+def test_configs_compose_and_instantiate_with_hydra():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from xlstm_core import xLSTMBlockStackConfig
+
+    node = OmegaConf.create({"_target_": "xlstm_core.xLSTMLMConfig", "vocab_size": 100,
+                             "stack": {"embedding_dim": 32, "num_blocks": 3, "num_heads": 2, "slstm_at": [2]}})
+    cfg = instantiate(node)
+    assert cfg == xLSTMLMConfig(vocab_size=100, stack=xLSTMBlockStackConfig(embedding_dim=32, num_blocks=3,
+                                                                            num_heads=2, slstm_at=[2]))
+    assert xLSTMLMConfig.from_dict(cfg.to_dict()) == cfg
+    assert isinstance(xLSTMLM(cfg).backbone.blocks[2].layer, torch.nn.Module)
