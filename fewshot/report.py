@@ -34,7 +34,7 @@ def markdown_table(summary: pd.DataFrame, metric: Metric, level: float = 0.95) -
     for k in sizes:
         col = summary[summary["support_size"] == k].set_index("method")[metric.name]
         best[k] = col.idxmax() if metric.higher_is_better else col.idxmin()
-    head = f"| method | " + " | ".join(f"k={k}" for k in sizes) + " |"
+    head = "| method | " + " | ".join(f"k={k}" for k in sizes) + " |"
     lines = [f"{metric.aggregate} {metric.name} over test tasks, [{int(level * 100)}% bootstrap CI]", "", head,
              "|---" * (len(sizes) + 1) + "|"]
     for method in summary["method"].unique():
