@@ -43,15 +43,19 @@ def _peak_gib():
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def build_xlstm(preset: str, backend: str, device, dtype):
-    cfg = xLSTMLMConfig.preset(preset, stack={"backend": backend})
+def build_on(device, dtype, make):
+    """Construct a model directly on `device` in `dtype` (no fp32 copy on the host for 7B weights)."""
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = xLSTMLM(cfg).eval()
+            return make().eval()
     finally:
-        torch.set_default_dtype(torch.float32)
-    return model
+        torch.set_default_dtype(previous)
+
+
+def build_xlstm(preset: str, backend: str, device, dtype):
+    return build_on(device, dtype, lambda: xLSTMLM(xLSTMLMConfig.preset(preset, stack={"backend": backend})))
 
 
 def build_llama(args, device, dtype):
@@ -63,13 +67,7 @@ def build_llama(args, device, dtype):
         shape = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=2, vocab_size=256)
     config = LlamaConfig(**shape, max_position_embeddings=131072, attn_implementation="sdpa", torch_dtype=dtype)
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(torch.float32)
-    return model
+    return build_on(device, dtype, lambda: LlamaForCausalLM(config))
 
 
 @torch.no_grad()
