@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,31 +22,14 @@ def environment() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
-def median_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time of fn in milliseconds, synchronising the GPU around each call."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def peak_memory_mib(fn: Callable[[], object]) -> float | None:
-    """Peak CUDA memory allocated while fn runs (None on CPU)."""
-    if not torch.cuda.is_available():
-        fn()
-        return None
+def peak_memory_mib(fn: Callable[[], object]) -> float:
+    """Peak CUDA memory that fn allocates above what was allocated before it (its inputs excluded), in MiB."""
     torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def row(impl: str, case: str, metric: str, value, unit: str, **fields) -> dict:

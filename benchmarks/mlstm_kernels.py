@@ -22,6 +22,7 @@ import pathlib
 import torch
 import triton
 
+from benchmarks.common import peak_memory_mib
 from kernels import mlstm
 
 TOKENS = 65536
@@ -31,16 +32,6 @@ CASES["tfla"] = dict(B=8, S=8192, NH=16, DK=128, DV=256)
 
 def _median_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
-def _peak_mib(fn) -> float:
-    """Peak memory allocated by fn above what was allocated before it (inputs excluded)."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def _matmul_peak_tflops() -> float:
@@ -84,7 +75,7 @@ def _measure(impl, case, fwd, leaves, flops_fwd, peak, **extra):
         tflops = flops / ms / 1e9
         common = dict(impl=impl, case=case, **extra)
         rows += [dict(common, metric=f"{metric}_time", value=round(ms, 4), unit="ms"),
-                 dict(common, metric=f"{metric}_peak_mem", value=round(_peak_mib(fn), 1), unit="MiB"),
+                 dict(common, metric=f"{metric}_peak_mem", value=round(peak_memory_mib(fn), 1), unit="MiB"),
                  dict(common, metric=f"{metric}_tflops", value=round(tflops, 1), unit="TFLOP/s"),
                  dict(common, metric=f"{metric}_frac_bf16_peak", value=round(tflops / peak, 4), unit="1")]
     return rows

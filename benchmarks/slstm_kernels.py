@@ -20,6 +20,7 @@ import pathlib
 import torch
 import triton
 
+from benchmarks.common import peak_memory_mib
 from kernels.slstm import reference, tiling
 from kernels.slstm.triton import slstm_triton, tuned_tilings
 
@@ -53,21 +54,12 @@ def _median_ms(fn, slow: bool = False) -> float:
     return sorted(times)[1]
 
 
-def _peak_mb(fn) -> float:
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-
-
 def _measure(impl, case, fwd, fwd_bwd, slow=False, **fields):
     rows = []
     for metric, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
         rows.append(dict(impl=impl, case=case, metric=f"{metric}_time", value=_median_ms(fn, slow), unit="ms",
                          **fields))
-        rows.append(dict(impl=impl, case=case, metric=f"{metric}_peak_mem", value=_peak_mb(fn), unit="MiB",
+        rows.append(dict(impl=impl, case=case, metric=f"{metric}_peak_mem", value=peak_memory_mib(fn), unit="MiB",
                          **fields))
     return rows
 
