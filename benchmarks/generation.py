@@ -131,6 +131,52 @@ def bench_llama(model, cases, new_tokens, device, rows):
         print(f"llama {case} done", flush=True)
 
 
+class _TokenClock:
+    """A `generate` streamer that stamps the wall time of every token it receives (the prompt is the first put)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, tokens):
+        tokens.tolist()  # waits for the GPU, so the stamp is the time the token exists
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+@torch.no_grad()
+def bench_llama_static(model, cases, new_tokens, device, rows, mode="reduce-overhead"):
+    """HF's fastest documented path: a static KV cache and a torch.compile'd forward (reduce-overhead = CUDA graphs)."""
+    impl = f"llama-hf-static+compile({mode})"
+    model.forward = torch.compile(model.forward, mode=mode, fullgraph=True)
+    vocab = model.config.vocab_size
+    for batch, context in cases:
+        case = f"B{batch}-ctx{context}"
+        _reset_memory()
+        try:
+            prompt = torch.randint(0, vocab, (batch, context), device=device)
+            options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           cache_implementation="static")
+            for _ in range(2):  # compile and record the graphs for this shape
+                model.generate(prompt, **options)
+            clock = _TokenClock()
+            start = time.perf_counter()
+            model.generate(prompt, streamer=clock, **options)
+            prefill_s = clock.times[1] - start
+            decode_s = clock.times[-1] - clock.times[1]
+            rows += [row(impl, case, "prefill", prefill_s * 1e3, "ms", batch=batch, context=context),
+                     row(impl, case, "decode", batch * (len(clock.times) - 2) / decode_s, "tok/s", batch=batch,
+                         context=context),
+                     row(impl, case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
+        except torch.OutOfMemoryError:
+            rows.append(row(impl, case, "decode", "OOM", "tok/s", batch=batch, context=context))
+        except Exception as error:  # "if it works": a failure is recorded, not fatal to the run
+            rows.append(row(impl, case, "decode", f"failed: {type(error).__name__}", "tok/s", batch=batch,
+                            context=context, error=str(error)[:500]))
+        print(f"{impl} {case} done", flush=True)
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -164,6 +210,9 @@ def main(argv=None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-llama", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also decode with a torch.compile'd step in the graph")
+    parser.add_argument("--llama-static", type=int, default=0, metavar="N",
+                        help="also time Llama with a static cache + torch.compile on the first N cases")
+    parser.add_argument("--llama-compile-mode", default="reduce-overhead", help="torch.compile mode for that variant")
     parser.add_argument("--out", default="benchmarks/results/generation.json")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -189,6 +238,9 @@ def main(argv=None) -> None:
         llama = build_llama(args, device, dtype)
         print(f"Llama: {sum(p.numel() for p in llama.parameters()) / 1e9:.2f}B parameters", flush=True)
         bench_llama(llama, cases, args.new_tokens, device, rows)
+        if args.llama_static:
+            bench_llama_static(llama, cases[:args.llama_static], args.new_tokens, device, rows,
+                               args.llama_compile_mode)
         del llama
     print_table(rows)
     path = write_results(args.out, rows, dtype=str(dtype), new_tokens=args.new_tokens)
