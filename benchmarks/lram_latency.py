@@ -6,7 +6,7 @@ a KV cache of L + 1 slots and attends over all of them. On CUDA both steps are c
 buffers (`rl.inference.GraphedStep`), in bf16; peak memory is measured per case and OOM is recorded as such.
 The state values do not change the work of a step, so the history is a fresh LRAM state and random DT keys/values.
 
-    python benchmarks/lram_latency.py            # GPU: ~158M-param LRAM (24 blocks) vs 12-layer DT, L in {1k, 4k, 16k, 64k}, B in {1, 16, 128}
+    python benchmarks/lram_latency.py            # GPU: ~158M-param LRAM (24 blocks) vs 12-layer DT, L in {1k, 4k, 8k, 16k, 64k}, B in {1, 16, 128}
     python benchmarks/lram_latency.py --quick    # tiny CPU check
 Writes benchmarks/results/lram_latency.json (schema in DESIGN.md) and prints a table.
 """
@@ -22,6 +22,7 @@ import torch
 
 from rl.inference import GraphedStep, state_tensors
 from rl.model import ActionModel, ActionModelConfig
+from xlstm_core.config import XLSTM7B_STYLE
 
 
 def step_inputs(model: ActionModel, batch: int, device, dtype) -> dict[str, torch.Tensor]:
@@ -50,7 +51,8 @@ def make_state(model: ActionModel, inputs: dict, context: int, device, dtype):
     return cache
 
 
-def time_case(model: ActionModel, context: int, batch: int, device, dtype, iters: int, graph: bool) -> dict:
+def time_case(model: ActionModel, context: int, batch: int, device, dtype, iters: int, graph: bool,
+              compile: bool = False) -> dict:
     """Median step latency (ms) and peak / state memory (MiB) of one (context, batch) case."""
     cuda = device.type == "cuda"
     if cuda:
@@ -70,7 +72,7 @@ def time_case(model: ActionModel, context: int, batch: int, device, dtype, iters
             out, holder[0] = model.step(inputs, holder[0])
             return out
 
-    step = GraphedStep(model, inputs, state) if graph else None
+    step = GraphedStep(model, inputs, state, compile=compile) if graph else None
     call = step if step is not None else run_eager
     times = []
     with torch.no_grad():
@@ -97,10 +99,16 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=24)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--slstm-share", type=float, default=0.0)
-    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--mlstm-block", choices=["pre_up", "post_up"], default="pre_up",
+                        help="pre_up: the xLSTM-paper block LRAM used; post_up: the xLSTM-7B block (mLSTM + FFN)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 8192, 16384, 65536])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128])
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--no-graph", action="store_true", help="time eager steps even on CUDA")
+    parser.add_argument("--compile", action="store_true", help="also time both models with a torch.compile'd step "
+                        "inside the CUDA graph")
+    parser.add_argument("--compile-batches", type=int, nargs="+", default=[1],
+                        help="batches of the compiled variants (each DT context and batch is one more compilation)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "lram_latency.json"))
     args = parser.parse_args()
     if args.quick:
@@ -111,21 +119,25 @@ def main() -> None:
     graph = device.type == "cuda" and not args.no_graph
     torch.manual_seed(0)
     base = {"embedding_dim": args.dim, "num_blocks": args.blocks, "num_heads": args.heads,
-            "slstm_share": args.slstm_share, "dropout": 0.0}
+            "slstm_share": args.slstm_share, "dropout": 0.0,
+            "stack_overrides": dict(XLSTM7B_STYLE) if args.mlstm_block == "post_up" else {}}
     lram = ActionModel(ActionModelConfig(backbone="lram", **base)).to(device, dtype).eval()
     dt = ActionModel(ActionModelConfig(backbone="dt", **base)).to(device, dtype).eval()
     backend = "triton" if device.type == "cuda" else "torch"
-    impls = {f"ours:{backend}": lram, "decision-transformer-kvcache": dt}
+    ours = f"ours:{backend}" + ("" if args.mlstm_block == "pre_up" else f"-{args.mlstm_block}")
+    variants = [(ours, lram, False), ("decision-transformer-kvcache", dt, False)]
+    if args.compile and graph:
+        variants += [(f"{ours}+compile", lram, True), ("decision-transformer-kvcache+compile", dt, True)]
     rows = []
-    for impl, model in impls.items():
+    for impl, model, compiled in variants:
         params = sum(p.numel() for p in model.parameters())
         for context in args.contexts:
-            for batch in args.batches:
+            for batch in args.compile_batches if compiled else args.batches:
                 fields = {"context": context, "batch": batch, "params": params, "dtype": str(dtype).split(".")[-1],
-                          "cuda_graph": graph}
+                          "cuda_graph": graph, "compile": compiled}
                 case = f"ctx{context}_b{batch}"
                 try:
-                    result = time_case(model, context, batch, device, dtype, args.iters, graph)
+                    result = time_case(model, context, batch, device, dtype, args.iters, graph, compiled)
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"impl": impl, "case": case, "metric": "step_latency", "value": None, "unit": "oom",
                                  **fields})

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_leaves
 
+from xlstm_core.cuda_graph import capture_graph
+
 from .transformer import KVCache
 
 
@@ -24,30 +26,26 @@ class GraphedStep:
 
     ``inputs`` fixes the shapes (a step batch as `ActionModel.step` takes it, on the GPU); ``state`` must be a
     concrete state (not None), which the graph owns and advances. The state is restored after the warm-up runs.
+    ``compile=True`` runs `torch.compile` on the step before capture: it fuses the many small elementwise kernels
+    of each block, whose gaps, not the weight reads, bound a batch-1 step once launches are gone.
     """
 
-    def __init__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], state, warmup: int = 3):
+    def __init__(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], state, warmup: int = 3,
+                 compile: bool = False):
         if state is None:
             raise ValueError("GraphedStep needs a concrete state: run one eager step first to create it")
         if not all(v.is_cuda for v in inputs.values()):
             raise ValueError("GraphedStep needs CUDA inputs")
         self.model, self.state = model, state
+        self.step_fn = torch.compile(model.step, dynamic=False) if compile else model.step
         self.inputs = {k: v.clone() for k, v in inputs.items()}
         saved = [t.clone() for t in state_tensors(state)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(warmup):
-                self._run()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.logits = self._run()
+        self.graph, self.logits = capture_graph(self._run, warmup)
         for dst, src in zip(state_tensors(state), saved):
             dst.copy_(src)
 
     def _run(self) -> torch.Tensor:
-        logits, new_state = self.model.step(self.inputs, self.state)
+        logits, new_state = self.step_fn(self.inputs, self.state)
         for dst, src in zip(state_tensors(self.state), state_tensors(new_state)):
             if dst is not src:
                 dst.copy_(src)

@@ -107,8 +107,9 @@ def train(model_cfg: ActionModelConfig, cfg: TrainConfig, tasks: list[TaskData],
         if rank < len(payload["sampler_rng"]):
             sampler.rng.bit_generator.state = payload["sampler_rng"][rank]
         start = payload["step"]
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if distributed else model
+    # find_unused_parameters: a task-balanced batch may hold no pixel task, leaving the image encoder without grads
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True) if distributed else model
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
     metrics_path = out_dir / "metrics.csv"

@@ -5,12 +5,15 @@ per token and memory stays constant however long generation runs.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
 from xlstm_core.generation import filter_logits, prefill_prompts
 from xlstm_core.state import map_state
+
+T = TypeVar("T")
 
 
 def _leaves(state) -> list[torch.Tensor]:
@@ -27,6 +30,22 @@ def graph_safe_sample(logits: torch.Tensor, temperature: float, top_k: int | Non
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_(1e-20, 1.0)))
     return (logits + gumbel).argmax(-1)
+
+
+def capture_graph(body: Callable[[], T], warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, T]:
+    """Run ``body`` ``warmup`` times on a side stream (lazy initialisation, Triton autotuning and torch.compile
+    happen there, outside the capture), then capture one call; returns the graph and that call's (static) output.
+    ``body`` must only touch static buffers, since a replay re-runs the captured kernels on the same memory."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(warmup):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = body()
+    return graph, out
 
 
 class GraphedDecoder:
@@ -64,15 +83,7 @@ class GraphedDecoder:
         self.token = first_token.clone()
         self.finished = torch.zeros_like(first_token, dtype=torch.bool)
         saved = [t.clone() for t in self.state_leaves]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(self.warmup):  # lets lazy initialisation and autotuning happen outside the capture
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self._body()
+        self.graph, _ = capture_graph(self._body, self.warmup)
         self.batch_size = first_token.shape[0]
         self._reset(saved, first_token)
 

@@ -32,8 +32,9 @@ def test_benchmark_case_runs_on_cpu(backbone):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("backbone", ["lram", "dt"])
-def test_cuda_graph_step_equals_eager(backbone):
+def test_cuda_graph_step_equals_eager(backbone, compile):
     from rl.inference import GraphedStep
     from xlstm_core import map_state
 
@@ -49,8 +50,9 @@ def test_cuda_graph_step_equals_eager(backbone):
         graph_state = bench.make_state(model, inputs[0], 16, device, torch.float32)
         graph_state.k.copy_(eager_state.k)
         graph_state.v.copy_(eager_state.v)
-    step = GraphedStep(model, inputs[0], graph_state)
+    step = GraphedStep(model, inputs[0], graph_state, compile=compile)
     with torch.no_grad():
         for x in inputs:
             eager, eager_state = model.step(x, eager_state)
-            torch.testing.assert_close(step(x), eager, atol=1e-4, rtol=1e-4)
+            tol = 1e-3 if compile else 1e-4  # compiled kernels may sum in another order
+            torch.testing.assert_close(step(x), eager, atol=tol, rtol=tol)
