@@ -4,6 +4,7 @@ Without a GPU the Triton kernels run on Triton's CPU interpreter; the variable m
 is imported, hence here at collection start.
 """
 import os
+import socket
 
 import pytest
 import torch
@@ -24,3 +25,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
+
+
+@pytest.fixture
+def gloo_env():
+    """``env(rank, world)`` -> the environment torchrun gives one process, on a free local port (for mp.spawn tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return lambda rank, world: dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

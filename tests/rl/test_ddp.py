@@ -3,7 +3,6 @@
 The model has an image encoder that batches of vector tasks leave unused, which is what broke DDP before."""
 import csv
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -17,15 +16,8 @@ SMALL = {"embedding_dim": 32, "num_blocks": 2, "num_heads": 2, "max_obs_dim": 40
          "dropout": 0.0, "chunk_size": 8}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _worker(rank: int, envs: list[dict], root: str, out_dir: str) -> None:
+    os.environ.update(envs[rank])
     torch.set_num_threads(1)
     with minari_root(root):
         tasks = [load_task(dataset_id(t)) for t in ("cartpole", "lunarlander-continuous")]
@@ -35,9 +27,9 @@ def _worker(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_training(datasets_root, tmp_path):
+def test_two_process_gloo_training(datasets_root, tmp_path, gloo_env):
     out_dir = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(datasets_root), out_dir), nprocs=2, join=True)
+    mp.spawn(_worker, args=([gloo_env(r, 2) for r in range(2)], str(datasets_root), out_dir), nprocs=2, join=True)
     payload = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)
     assert payload["step"] == 12
     assert len(payload["sampler_rng"]) == 2  # both ranks' sampler states were gathered for an exact resume

@@ -1,6 +1,5 @@
 """Two-process DDP smoke test on CPU (gloo), the way torchrun launches `vision.train.train`."""
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -9,15 +8,8 @@ from vision.data import DataConfig
 from vision.train import TrainConfig, train
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+def _worker(rank: int, envs: list[dict], root: str, out_dir: str) -> None:
+    os.environ.update(envs[rank])
     torch.set_num_threads(1)
     data = DataConfig(root=root, input_size=16, batch_size=6, num_workers=0, auto_augment=None, mixup=0.0,
                       cutmix=0.0)
@@ -35,9 +27,9 @@ def _worker(rank: int, world: int, port: int, root: str, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_training(stripes_root, tmp_path):
+def test_two_process_gloo_training(stripes_root, tmp_path, gloo_env):
     out_dir = str(tmp_path / "ddp")
-    mp.spawn(_worker, args=(2, _free_port(), stripes_root, out_dir), nprocs=2, join=True)
+    mp.spawn(_worker, args=([gloo_env(r, 2) for r in range(2)], stripes_root, out_dir), nprocs=2, join=True)
     reports = [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(2)]
     assert [r["world"] for r in reports] == [2, 2]
     assert all(r["same_as_rank0"] for r in reports)
