@@ -13,7 +13,7 @@ import time
 import torch
 
 from benchmarks.common import print_table, row, write_results
-from xlstm_core import xLSTMLM, xLSTMLMConfig
+from xlstm_core import stream, xLSTMLM, xLSTMLMConfig
 from xlstm_core.cuda_graph import GraphedDecoder
 
 OURS = "ours:{backend}"
@@ -70,65 +70,68 @@ def build_llama(args, device, dtype):
     return build_on(device, dtype, lambda: LlamaForCausalLM(config))
 
 
+def _run_case(impl, batch, context, rows, measure) -> None:
+    """Time one (batch, context) case: ``measure()`` returns (prefill seconds, decoded tokens per sequence, decode
+    seconds). Out-of-memory and other failures (e.g. a torch.compile variant) are recorded, not fatal to the run."""
+    case = f"B{batch}-ctx{context}"
+    _reset_memory()
+    where = dict(batch=batch, context=context)
+    try:
+        prefill_s, count, decode_s = measure()
+        rows += [row(impl, case, "prefill", prefill_s * 1e3, "ms", **where),
+                 row(impl, case, "decode", batch * count / decode_s, "tok/s", **where),
+                 row(impl, case, "peak_memory", _peak_gib(), "GiB", **where)]
+    except torch.OutOfMemoryError:
+        rows.append(row(impl, case, "decode", "OOM", "tok/s", **where))
+    except Exception as error:
+        rows.append(row(impl, case, "decode", f"failed: {type(error).__name__}", "tok/s", error=str(error)[:500],
+                        **where))
+    print(f"{impl} {case} done", flush=True)
+
+
 @torch.no_grad()
 def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows, compile_step=False):
-    vocab = model.cfg.vocab_size
     decoders = {}
-    for batch, context in cases:
-        case = f"B{batch}-ctx{context}"
-        _reset_memory()
-        try:
-            prompt = torch.randint(0, vocab, (batch, context), device=device)
-            model.prefill(prompt[:, :16])  # warm the kernels outside the timed region
-            model.prefill(prompt)
-            _, prefill_s = _timed(lambda: model.prefill(prompt))
-            if use_graph:
-                decoder = decoders.setdefault(batch, GraphedDecoder(model, temperature=0, compile=compile_step))
-                decoder.generate(prompt[:, :16], 4)  # capture once per batch size
-                tokens = decoder.stream(prompt, new_tokens)
-            else:
-                from xlstm_core import stream
 
-                tokens = stream(model, prompt, new_tokens, temperature=0)
-            next(tokens)  # prefill and the first token are not decode time
-            count, decode_s = _timed(lambda: sum(1 for _ in tokens))
-            rows += [row(impl, case, "prefill", prefill_s * 1e3, "ms", batch=batch, context=context),
-                     row(impl, case, "decode", batch * count / decode_s, "tok/s", batch=batch, context=context),
-                     row(impl, case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
-        except torch.OutOfMemoryError:
-            rows.append(row(impl, case, "decode", "OOM", "tok/s", batch=batch, context=context))
-        except Exception as error:  # a failing variant (e.g. torch.compile) is reported, not fatal to the run
-            rows.append(row(impl, case, "decode", f"failed: {type(error).__name__}", "tok/s", batch=batch,
-                            context=context, error=str(error)[:500]))
-        print(f"{impl} {case} done", flush=True)
+    def measure(batch, context):
+        prompt = torch.randint(0, model.cfg.vocab_size, (batch, context), device=device)
+        model.prefill(prompt[:, :16])  # warm the kernels outside the timed region
+        model.prefill(prompt)
+        _, prefill_s = _timed(lambda: model.prefill(prompt))
+        if use_graph:
+            decoder = decoders.setdefault(batch, GraphedDecoder(model, temperature=0, compile=compile_step))
+            decoder.generate(prompt[:, :16], 4)  # capture once per batch size
+            tokens = decoder.stream(prompt, new_tokens)
+        else:
+            tokens = stream(model, prompt, new_tokens, temperature=0)
+        next(tokens)  # prefill and the first token are not decode time
+        count, decode_s = _timed(lambda: sum(1 for _ in tokens))
+        return prefill_s, count, decode_s
+
+    for batch, context in cases:
+        _run_case(impl, batch, context, rows, lambda: measure(batch, context))
 
 
 @torch.no_grad()
 def bench_llama(model, cases, new_tokens, device, rows):
-    vocab = model.config.vocab_size
+    """HF Llama with SDPA and its dynamic KV cache, greedy decode by hand (no `generate` overhead)."""
+
+    def measure(batch, context):
+        prompt = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
+        model(prompt[:, :16], use_cache=True)
+        out, prefill_s = _timed(lambda: model(prompt, use_cache=True, logits_to_keep=1))
+
+        def decode():
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            for _ in range(new_tokens - 1):
+                step = model(token, past_key_values=cache, use_cache=True)
+                cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
+
+        _, decode_s = _timed(decode)
+        return prefill_s, new_tokens - 1, decode_s
+
     for batch, context in cases:
-        case = f"B{batch}-ctx{context}"
-        _reset_memory()
-        try:
-            prompt = torch.randint(0, vocab, (batch, context), device=device)
-            model(prompt[:, :16], use_cache=True)
-            out, prefill_s = _timed(lambda: model(prompt, use_cache=True, logits_to_keep=1))
-
-            def decode():
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-                for _ in range(new_tokens - 1):
-                    step = model(token, past_key_values=cache, use_cache=True)
-                    cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
-
-            _, decode_s = _timed(decode)
-            rows += [row("llama-hf-sdpa", case, "prefill", prefill_s * 1e3, "ms", batch=batch, context=context),
-                     row("llama-hf-sdpa", case, "decode", batch * (new_tokens - 1) / decode_s, "tok/s",
-                         batch=batch, context=context),
-                     row("llama-hf-sdpa", case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
-        except torch.OutOfMemoryError:
-            rows.append(row("llama-hf-sdpa", case, "decode", "OOM", "tok/s", batch=batch, context=context))
-        out = None
-        print(f"llama {case} done", flush=True)
+        _run_case("llama-hf-sdpa", batch, context, rows, lambda: measure(batch, context))
 
 
 class _TokenClock:
@@ -148,33 +151,21 @@ class _TokenClock:
 @torch.no_grad()
 def bench_llama_static(model, cases, new_tokens, device, rows, mode="reduce-overhead"):
     """HF's fastest documented path: a static KV cache and a torch.compile'd forward (reduce-overhead = CUDA graphs)."""
-    impl = f"llama-hf-static+compile({mode})"
     model.forward = torch.compile(model.forward, mode=mode, fullgraph=True)
-    vocab = model.config.vocab_size
+
+    def measure(batch, context):
+        prompt = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
+        options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       cache_implementation="static")
+        for _ in range(2):  # compile and record the graphs for this shape
+            model.generate(prompt, **options)
+        clock = _TokenClock()
+        start = time.perf_counter()
+        model.generate(prompt, streamer=clock, **options)
+        return clock.times[1] - start, len(clock.times) - 2, clock.times[-1] - clock.times[1]
+
     for batch, context in cases:
-        case = f"B{batch}-ctx{context}"
-        _reset_memory()
-        try:
-            prompt = torch.randint(0, vocab, (batch, context), device=device)
-            options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           cache_implementation="static")
-            for _ in range(2):  # compile and record the graphs for this shape
-                model.generate(prompt, **options)
-            clock = _TokenClock()
-            start = time.perf_counter()
-            model.generate(prompt, streamer=clock, **options)
-            prefill_s = clock.times[1] - start
-            decode_s = clock.times[-1] - clock.times[1]
-            rows += [row(impl, case, "prefill", prefill_s * 1e3, "ms", batch=batch, context=context),
-                     row(impl, case, "decode", batch * (len(clock.times) - 2) / decode_s, "tok/s", batch=batch,
-                         context=context),
-                     row(impl, case, "peak_memory", _peak_gib(), "GiB", batch=batch, context=context)]
-        except torch.OutOfMemoryError:
-            rows.append(row(impl, case, "decode", "OOM", "tok/s", batch=batch, context=context))
-        except Exception as error:  # "if it works": a failure is recorded, not fatal to the run
-            rows.append(row(impl, case, "decode", f"failed: {type(error).__name__}", "tok/s", batch=batch,
-                            context=context, error=str(error)[:500]))
-        print(f"{impl} {case} done", flush=True)
+        _run_case(f"llama-hf-static+compile({mode})", batch, context, rows, lambda: measure(batch, context))
 
 
 def plot(rows, path):
