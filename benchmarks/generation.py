@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from functools import partial
 
 import torch
 
@@ -109,7 +110,7 @@ def bench_xlstm(model, impl, cases, new_tokens, device, use_graph, rows, compile
         return prefill_s, count, decode_s
 
     for batch, context in cases:
-        _run_case(impl, batch, context, rows, lambda: measure(batch, context))
+        _run_case(impl, batch, context, rows, partial(measure, batch, context))
 
 
 @torch.no_grad()
@@ -131,7 +132,7 @@ def bench_llama(model, cases, new_tokens, device, rows):
         return prefill_s, new_tokens - 1, decode_s
 
     for batch, context in cases:
-        _run_case("llama-hf-sdpa", batch, context, rows, lambda: measure(batch, context))
+        _run_case("llama-hf-sdpa", batch, context, rows, partial(measure, batch, context))
 
 
 class _TokenClock:
@@ -165,7 +166,7 @@ def bench_llama_static(model, cases, new_tokens, device, rows, mode="reduce-over
         return clock.times[1] - start, len(clock.times) - 2, clock.times[-1] - clock.times[1]
 
     for batch, context in cases:
-        _run_case(f"llama-hf-static+compile({mode})", batch, context, rows, lambda: measure(batch, context))
+        _run_case(f"llama-hf-static+compile({mode})", batch, context, rows, partial(measure, batch, context))
 
 
 def plot(rows, path):
