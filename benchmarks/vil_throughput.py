@@ -3,6 +3,9 @@
     python benchmarks/vil_throughput.py                 # GPU: 224^2 bf16, ViL-T/S/B (triton, torch) vs DeiT-T/S/B,
                                                         # plus 1024^2 batch 8; writes benchmarks/results/vil_throughput.json
     python benchmarks/vil_throughput.py --quick         # CPU smoke run at 64^2 (a few seconds per model)
+    python benchmarks/vil_throughput.py --compile       # also ViL-T and DeiT-T under torch.compile (same run)
+    python benchmarks/vil_throughput.py --profile       # only print the top-25 GPU kernels of a ViL-T train and
+                                                        # inference step (torch.profiler)
 
 Train = forward + backward + AdamW step under bf16 autocast; infer = forward under torch.inference_mode.
 Peak memory is torch.cuda.max_memory_allocated over the measured steps (weights and optimizer state included).
@@ -52,37 +55,45 @@ def _timed(step: Callable[[], None], warmup: int, iters: int, device: torch.devi
     return seconds, peak
 
 
-def measure(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, warmup: int, iters: int,
-            train: bool = True, grad_checkpointing: bool = False) -> dict[str, float]:
-    """Images/s and peak memory for inference and (optionally) training of timm model `name`."""
+def _steps(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device,
+           grad_checkpointing: bool = False, compile: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(inference step, training step) of timm model `name` on a fixed random batch; each call sets eval / train mode
+    first. With `compile` the model runs under torch.compile (default mode)."""
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=img, num_classes=1000, **kwargs).to(device)
     model.set_grad_checkpointing(grad_checkpointing)
+    net = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, img, img, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    out: dict[str, float] = {}
-    model.eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def infer() -> None:
+        model.eval()
         with torch.inference_mode(), autocast:
-            model(x)
+            net(x)
 
+    def train_step() -> None:
+        model.train()
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return infer, train_step
+
+
+def measure(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, warmup: int, iters: int,
+            train: bool = True, grad_checkpointing: bool = False, compile: bool = False) -> dict[str, float]:
+    """Images/s and peak memory for inference and (optionally) training of timm model `name`."""
+    infer, train_step = _steps(name, kwargs, img, batch, device, grad_checkpointing, compile)
+    out: dict[str, float] = {}
     seconds, peak = _timed(infer, warmup, iters, device)
     out["infer_img_per_s"] = batch / seconds
     if peak is not None:
         out["infer_peak_mem_gib"] = peak
     if train:
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-
-        def train_step() -> None:
-            with autocast:
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
         seconds, peak = _timed(train_step, warmup, iters, device)
         out["train_img_per_s"] = batch / seconds
         if peak is not None:
@@ -90,30 +101,56 @@ def measure(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
     return out
 
 
+def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, rows: int = 25) -> None:
+    """Print the `rows` GPU kernels that take the most time in one inference and one training step (after warm-up)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for label, step in zip(("inference", "training"), _steps(name, kwargs, img, batch, device)):
+        for _ in range(3):
+            step()
+        _sync(device)
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            wall = time.perf_counter() - start
+        events = prof.key_averages()
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        print(f"== {name} {label} step, {img}px batch {batch}: GPU kernel time "
+              f"{sum(e.self_device_time_total for e in kernels) / 1e3:.1f} ms in {sum(e.count for e in kernels)} "
+              f"kernels; step wall time {wall * 1e3:.1f} ms (under the profiler)")
+        print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
+
+
 @torch.no_grad()
 def backend_agreement(img: int, batch: int, device: torch.device) -> float:
-    """Max |logit difference| of ViL-T (same weights, bf16 autocast) between the Triton and PyTorch backends."""
+    """max |difference| / max |value| of ViL-T's pre-logit features (same weights, bf16 autocast) between the Triton
+    and PyTorch backends (the logits of a fresh model are ~1e-4, too small to compare)."""
     torch.manual_seed(0)
     models = [timm.create_model("vil_tiny_patch16_224", img_size=img, backend=b).to(device).eval()
               for b in ("torch", "triton")]
     models[1].load_state_dict(models[0].state_dict())
     x = torch.randn(batch, 3, img, img, device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        torch_out, triton_out = (m(x).float() for m in models)
-    return (torch_out - triton_out).abs().max().item()
+        torch_out, triton_out = (m.forward_head(m.forward_features(x), pre_logits=True).float() for m in models)
+    return ((torch_out - triton_out).abs().max() / torch_out.abs().max()).item()
 
 
-UNITS = {"img_per_s": "img/s", "mem_gib": "GiB", "logit_diff": "abs"}
+UNITS = {"img_per_s": "img/s", "mem_gib": "GiB", "feature_diff": "rel"}
 
 
 def _rows(impl: str, case: str, metrics: dict[str, float], **fields: Any) -> list[dict[str, Any]]:
-    return [{"impl": impl, "case": case, "metric": key, "value": round(value, 4),
+    return [{"impl": impl, "case": case, "metric": key, "value": float(f"{value:.5g}"),
              "unit": next(u for suffix, u in UNITS.items() if key.endswith(suffix)), **fields}
             for key, value in metrics.items()]
 
 
-def _run(rows: list, impl: str, case: str, fn: Callable[[], dict[str, float]], **fields: Any) -> None:
-    """Measure one configuration; an out-of-memory or kernel failure becomes an "error" row, not a crash."""
+def _run(rows: list, save: Callable[[], None], impl: str, case: str, fn: Callable[[], dict[str, float]],
+         **fields: Any) -> None:
+    """Measure one configuration; an out-of-memory or kernel failure becomes an "error" row, not a crash.
+    The results file is rewritten after every configuration, so a run cut short keeps what it measured."""
     try:
         metrics = fn()
     except (torch.OutOfMemoryError, RuntimeError, ValueError, ImportError) as exc:
@@ -122,9 +159,11 @@ def _run(rows: list, impl: str, case: str, fn: Callable[[], dict[str, float]], *
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         print(f"{impl:>22} {case:<28} ERROR {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+        save()
         return
     new = _rows(impl, case, metrics, **fields)
     rows.extend(new)
+    save()
     print(f"{impl:>22} {case:<28} " + "  ".join(f"{r['metric']}={r['value']}" for r in new), flush=True)
 
 
@@ -135,57 +174,83 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                     "outputs/vision/vil_throughput_quick.json with --quick)")
     parser.add_argument("--backends", nargs="+", default=["triton", "torch"], choices=["triton", "torch"])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
+    parser.add_argument("--compile", action="store_true", help="also measure ViL-T and DeiT-T under torch.compile")
+    parser.add_argument("--profile", action="store_true", help="print the top GPU kernels of ViL-T steps and exit")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    if args.profile:
+        profile("vil_tiny_patch16_224", {}, 64 if args.quick else 224, 2 if args.quick else 256, device)
+        return {}
     if device.type == "cpu":
         backends, sizes, img, batches, warmup, iters = ["torch"], ["tiny"], 64, {"tiny": 2}, 1, 2
     else:
         backends, sizes, img, warmup, iters = args.backends, args.sizes, 224, 3, 10
         batches = {"tiny": 256, "small": 256, "base": 128}
-    rows: list[dict[str, Any]] = []
-    for size in sizes:
-        batch = batches[size]
-        case = f"{size} {img}px bs{batch}"
-        for backend in backends:
-            _run(rows, f"ours:{backend}", case, lambda: measure(
-                f"vil_{size}_patch16_224", {"backend": backend}, img, batch, device, warmup, iters),
-                model=f"vil_{size}", img_size=img, batch=batch, backend=backend, dtype="bf16")
-        if size == "tiny":
-            _run(rows, "ours:torch-einsum-qkv", case, lambda: measure(
-                "vil_tiny_patch16_224", {"backend": "torch", "dense_qkv": False}, img, batch, device, warmup,
-                iters), model="vil_tiny", img_size=img, batch=batch, backend="torch", dtype="bf16")
-        _run(rows, f"timm:deit_{size}_patch16_224", case, lambda: measure(
-            f"deit_{size}_patch16_224", {}, img, batch, device, warmup, iters),
-            model=f"deit_{size}", img_size=img, batch=batch, dtype="bf16")
-    if device.type == "cuda":
-        hi, hb = 1024, 8
-        for backend in backends:
-            _run(rows, f"ours:{backend}", f"tiny {hi}px bs{hb}", lambda: measure(
-                "vil_tiny_patch16_224", {"backend": backend}, hi, hb, device, 2, 3),
-                model="vil_tiny", img_size=hi, batch=hb, backend=backend, dtype="bf16")
-            _run(rows, f"ours:{backend}", f"tiny {hi}px bs{hb} grad-ckpt", lambda: measure(
-                "vil_tiny_patch16_224", {"backend": backend}, hi, hb, device, 2, 3, grad_checkpointing=True),
-                model="vil_tiny", img_size=hi, batch=hb, backend=backend, dtype="bf16", grad_checkpointing=True)
-        _run(rows, "timm:deit_tiny_patch16_224", f"tiny {hi}px bs{hb}", lambda: measure(
-            "deit_tiny_patch16_224", {}, hi, hb, device, 2, 3), model="deit_tiny", img_size=hi, batch=hb,
-            dtype="bf16")
-        if "triton" in backends:
-            _run(rows, "ours:triton", "tiny 224px bs8 vs torch", lambda: {
-                "max_abs_logit_diff": backend_agreement(224, 8, device)}, model="vil_tiny", img_size=224,
-                batch=8, dtype="bf16")
+    out = args.out or ("outputs/vision/vil_throughput_quick.json" if args.quick
+                       else "benchmarks/results/vil_throughput.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    rows: list[dict[str, Any]] = []
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
               "cpu", "torch": torch.__version__, "triton": triton_version,
               "date": datetime.date.today().isoformat(), "rows": rows}
-    out = args.out or ("outputs/vision/vil_throughput_quick.json" if args.quick
-                       else "benchmarks/results/vil_throughput.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+
+    def save() -> None:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    for size in sizes:
+        batch = batches[size]
+        case = f"{size} {img}px bs{batch}"
+        for backend in backends:
+            _run(rows, save, f"ours:{backend}", case, lambda: measure(
+                f"vil_{size}_patch16_224", {"backend": backend}, img, batch, device, warmup, iters),
+                model=f"vil_{size}", img_size=img, batch=batch, backend=backend, dtype="bf16")
+        if size == "tiny":
+            _run(rows, save, "ours:torch-einsum-qkv", case, lambda: measure(
+                "vil_tiny_patch16_224", {"backend": "torch", "dense_qkv": False}, img, batch, device, warmup,
+                iters), model="vil_tiny", img_size=img, batch=batch, backend="torch", dtype="bf16")
+        _run(rows, save, f"timm:deit_{size}_patch16_224", case, lambda: measure(
+            f"deit_{size}_patch16_224", {}, img, batch, device, warmup, iters),
+            model=f"deit_{size}", img_size=img, batch=batch, dtype="bf16")
+        if size == "tiny":
+            _run(rows, save, "ours:torch", f"{case} parallel", lambda: measure(
+                "vil_tiny_patch16_224", {"backend": "torch", "mlstm_form": "parallel"}, img, batch, device, warmup,
+                iters), model="vil_tiny", img_size=img, batch=batch, backend="torch", dtype="bf16",
+                mlstm_form="parallel")
+    if device.type == "cuda":
+        hi, hb = 1024, 8
+        for backend in backends:
+            _run(rows, save, f"ours:{backend}", f"tiny {hi}px bs{hb}", lambda: measure(
+                "vil_tiny_patch16_224", {"backend": backend}, hi, hb, device, 2, 3),
+                model="vil_tiny", img_size=hi, batch=hb, backend=backend, dtype="bf16")
+            _run(rows, save, f"ours:{backend}", f"tiny {hi}px bs{hb} grad-ckpt", lambda: measure(
+                "vil_tiny_patch16_224", {"backend": backend}, hi, hb, device, 2, 3, grad_checkpointing=True),
+                model="vil_tiny", img_size=hi, batch=hb, backend=backend, dtype="bf16", grad_checkpointing=True)
+        _run(rows, save, "timm:deit_tiny_patch16_224", f"tiny {hi}px bs{hb}", lambda: measure(
+            "deit_tiny_patch16_224", {}, hi, hb, device, 2, 3), model="deit_tiny", img_size=hi, batch=hb,
+            dtype="bf16")
+        if "triton" in backends:
+            _run(rows, save, "ours:triton", "tiny 224px bs8 vs torch", lambda: {
+                "max_rel_feature_diff": backend_agreement(224, 8, device)}, model="vil_tiny", img_size=224,
+                batch=8, dtype="bf16")
+    if args.compile and "tiny" in sizes:  # last: compile times vary, and the rows above are the required ones
+        batch = batches["tiny"]
+        case = f"tiny {img}px bs{batch} compiled"
+        variants = (
+            (f"ours:{backends[0]}", "vil_tiny_patch16_224", {"backend": backends[0], "mlstm_form": "chunkwise"}),
+            ("timm:deit_tiny_patch16_224", "deit_tiny_patch16_224", {}),
+            ("ours:torch", "vil_tiny_patch16_224", {"backend": "torch", "mlstm_form": "parallel"}),
+        )
+        for impl, name, kwargs in variants:
+            form = kwargs.get("mlstm_form")
+            _run(rows, save, impl, f"{case} {form}" if form else case, lambda: measure(
+                name, kwargs, img, batch, device, warmup, iters, compile=True), model=name.split("_patch")[0],
+                img_size=img, batch=batch, dtype="bf16", compiled=True, **({"mlstm_form": form} if form else {}))
     print(f"wrote {out}")
     return result
 

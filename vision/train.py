@@ -44,6 +44,7 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     ema_decay: float | None = None
     amp: bool = True  # bf16 autocast (GPU only)
+    compile: bool = False  # run the model under torch.compile (fuses ViL's elementwise chains; first steps compile)
     seed: int = 0
     device: str = "auto"
     out_dir: str = "outputs/vision/run"
@@ -160,6 +161,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             ema.module.load_state_dict(state["ema"])
         start_epoch, history = state["epoch"], state["history"]
     net = DistributedDataParallel(model) if info.world > 1 else model
+    if cfg.compile:
+        net = torch.compile(net)
     mixup = build_mixup(cfg.data, classes)
     criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.data.label_smoothing)
     val = eval_loader(val_set, cfg.data, info.rank, info.world)

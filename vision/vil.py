@@ -24,15 +24,19 @@ class VisionLSTM(nn.Module):
 
     conv_mode="grid2d" (kernel 3) is ViL v2's 3x3 conv on the token grid; "causal1d" (kernel 4) is ViL v1's.
     The mLSTM cell runs through the chunkwise operator (`backend="auto"` takes Triton on CUDA), so memory grows
-    linearly with the number of patches. `dense_qkv` computes the 4x4 block-diagonal q/k/v projections as two
-    dense GEMMs (q and k fused) instead of a batched matmul over tiny blocks; the parameters are the same.
+    linearly with the number of patches; mlstm_form="parallel" runs the quadratic form in PyTorch instead, which is
+    faster only under torch.compile and at short sequences: "auto" (the default) takes it exactly then (up to 256
+    patches, e.g. 224^2 at patch 16). `dense_qkv` computes the 4x4 block-diagonal q/k/v projections and
+    the gates as two dense GEMMs (gate weights folded in) instead of batched matmuls over tiny blocks and a
+    concatenation; the parameters are the same.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, global_pool: str = "bilateral", embed_dim: int = 192, depth: int = 24,
                  num_heads: int = 4, proj_factor: float = 2.0, qkv_block_size: int = 4, conv_mode: str = "grid2d",
                  conv_kernel_size: int | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 head_norm: bool = True, dense_qkv: bool = True, backend: str = "auto", chunk_size: int = 64):
+                 head_norm: bool = True, dense_qkv: bool = True, backend: str = "auto", chunk_size: int = 64,
+                 mlstm_form: str = "auto"):
         super().__init__()
         if global_pool not in POOLS:
             raise ValueError(f"global_pool must be one of {POOLS}, got {global_pool!r}")
@@ -50,7 +54,7 @@ class VisionLSTM(nn.Module):
             mlstm_block="pre_up", bias=True, cell_norm_bias=True, drop_path=drop_path_rate, final_norm=True,
             proj_factor=proj_factor, qkv_block_size=qkv_block_size, conv_mode=conv_mode,
             conv_kernel_size=conv_kernel_size or (3 if conv_mode == "grid2d" else 4), backend=backend,
-            dense_qkv=dense_qkv, chunk_size=chunk_size))
+            dense_qkv=dense_qkv, chunk_size=chunk_size, mlstm_form=mlstm_form))
         self.head_hidden_size = 2 * embed_dim if global_pool == "bilateral" else embed_dim
         # the published models normalise the pooled features once more before the head
         self.head_norm = nn.LayerNorm(self.head_hidden_size) if head_norm else nn.Identity()

@@ -63,6 +63,10 @@ class xLSTMBlockStackConfig:
     mlstm_variant: str = "exp"
     backend: str = "auto"
     chunk_size: int = 64
+    # form of the mLSTM over whole sequences: "chunkwise" (linear in the length; Triton on CUDA), "parallel" (the
+    # quadratic form in plain PyTorch, which torch.compile can fuse; for short sequences such as ViL's 196 patches)
+    # or "auto" (parallel for short sequences under torch.compile, else chunkwise; xlstm_core.mlstm_layer)
+    mlstm_form: str = "chunkwise"
 
     def __post_init__(self) -> None:
         self.slstm_at = sorted(int(i) for i in self.slstm_at)  # also turns Hydra's ListConfig into a list
@@ -79,6 +83,8 @@ class xLSTMBlockStackConfig:
             (self.ffn_activation in FFN_ACTIVATIONS, f"ffn_activation must be one of {FFN_ACTIVATIONS}"),
             (self.mlstm_variant in ("exp", "sig"), "mlstm_variant must be 'exp' or 'sig'"),
             (self.backend in ("auto", "torch", "triton"), "backend must be 'auto', 'torch' or 'triton'"),
+            (self.mlstm_form in ("auto", "chunkwise", "parallel"),
+             "mlstm_form must be 'auto', 'chunkwise' or 'parallel'"),
             (0.0 <= self.dropout < 1.0 and 0.0 <= self.drop_path < 1.0, "dropout and drop_path must lie in [0, 1)"),
         ]
         for ok, message in checks:

@@ -4,7 +4,9 @@
   seed and print both accuracies (`mode=compare`);
 - `model=<timm name>`: print its parameters and FLOPs at `data.input_size` (`mode=model`);
 - `mode=train model=<timm name> data.root=<folder>`: train one model; `torchrun --nproc_per_node=N -m
-  experiments.vision ...` runs it with DDP.
+  experiments.vision ...` runs it with DDP (`train.compile=true` runs the model under torch.compile);
+- `mode=throughput model=<timm name>`: training images/s on synthetic batches (no data loading), per process and in
+  total; `torchrun --nproc_per_node=N -m experiments.vision mode=throughput ...` shows how DDP scales.
 """
 import logging
 import os
@@ -16,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from vision.compare import compare, markdown_table, summarize
 from vision.complexity import describe
 from vision.embedded import build_digits_folder
+from vision.throughput import training_throughput
 from vision.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,16 @@ def main(cfg: DictConfig) -> None:
         print(f"{info['model']} @ {info['img_size']}px: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs "
               f"({info['gflops'] / 2:.3f} GMACs) per image")
         return
+    if mode == "throughput":
+        if not cfg.model:
+            raise ValueError("mode=throughput needs model=<timm name>, e.g. model=vil_tiny_patch16_224")
+        result = training_throughput(cfg.model, OmegaConf.to_container(cfg.model_kwargs, resolve=True),
+                                     **OmegaConf.to_container(cfg.throughput, resolve=True))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{cfg.model} @ {result['img_size']}px, batch {result['batch_per_process']} per process, "
+                  f"{result['world']} process(es), compile={result['compile']}: {result['img_per_s_total']:.0f} img/s "
+                  f"in total, {result['img_per_s_per_process']:.0f} per process")
+        return
     base = _train_config(cfg)
     if mode == "train":
         if not cfg.model:
@@ -52,7 +65,7 @@ def main(cfg: DictConfig) -> None:
             print(f"{cfg.model}: val top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}%  -> {base.out_dir}")
         return
     if mode != "compare":
-        raise ValueError(f"mode must be auto, model, train or compare, got {mode!r}")
+        raise ValueError(f"mode must be auto, model, train, throughput or compare, got {mode!r}")
     contenders = OmegaConf.to_container(cfg.contenders, resolve=True)
     rows = compare(base, contenders, list(cfg.seeds), cfg.output_dir)
     print(markdown_table(summarize(rows)))

@@ -73,10 +73,48 @@ def test_bilateral_pooling_uses_first_and_last_token_only():
 
 
 def test_dense_qkv_path_matches_block_diagonal_einsum():
+    """The fused path (dense q/k/v weights with the gate weights folded in) computes the literal layer: same
+    outputs and same gradients, with every parameter random (the gates' weights start at zero)."""
     dense, blocks = small_vil(dense_qkv=True), small_vil(dense_qkv=False)
+    with torch.no_grad():
+        for p in dense.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
     blocks.load_state_dict(dense.state_dict())
     x = torch.randn(2, 3, 16, 16)
-    torch.testing.assert_close(dense(x), blocks(x), atol=1e-5, rtol=1e-5)
+    out_dense, out_blocks = dense(x), blocks(x)
+    torch.testing.assert_close(out_dense, out_blocks, atol=1e-5, rtol=1e-5)
+    out_dense.square().sum().backward()
+    out_blocks.square().sum().backward()
+    for (name, p), q in zip(dense.named_parameters(), blocks.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_parallel_form_matches_chunkwise():
+    chunkwise, parallel = small_vil(), small_vil(mlstm_form="parallel")
+    parallel.load_state_dict(chunkwise.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(parallel.forward_features(x), chunkwise.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_form_is_parallel_only_under_torch_compile(monkeypatch):
+    from xlstm_core import mlstm_layer
+
+    forms, original = [], mlstm_layer.mlstm
+
+    def recording_mlstm(*args, form, **kwargs):
+        forms.append(form)
+        return original(*args, form=form, **kwargs)
+
+    monkeypatch.setattr(mlstm_layer, "mlstm", recording_mlstm)
+    model = small_vil(depth=1)
+    x = torch.randn(1, 3, 16, 16)
+    eager = model(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # what dynamo reports while it traces
+    compiled = model(x)
+    assert forms == ["chunkwise", "parallel"]
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="mlstm_form"):
+        small_vil(mlstm_form="recurrent")
 
 
 def test_causal1d_conv_variant_runs():
