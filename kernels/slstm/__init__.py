@@ -52,4 +52,4 @@ def slstm(x: torch.Tensor, *, recurrent_weight: torch.Tensor, bias: torch.Tensor
                                      return_last_state=return_last_state, cell=cell)
 
 
-__all__ = ["slstm", "SLSTMState", "CELLS"]
+__all__ = ["CELLS", "SLSTMState", "slstm"]

@@ -1,17 +1,22 @@
 """Persistent Triton kernels for the sLSTM (and classic LSTM) recurrence: one launch per sequence and pass.
 
-Forward: each program owns one head and a tile of batch rows and loops over all time steps inside the kernel. Per
-step it multiplies the previous hidden state of its head with the head's recurrent weights (4 gates x DH x DH),
-adds the input pre-activations and the bias and applies the stabilised gating, all fused. The head's weights are
-either hoisted on chip before the time loop (small heads) or re-read tile by tile every step, where they hit L1
-(DH <= ~128 in bf16) or L2 (larger heads); gate outputs of a head are never split across programs, so no
-inter-program synchronisation is needed. Recurrent states live in fp32 buffers; a CTA barrier per step orders the
-writes of h_t before the reads of the next step.
+Forward: `split` programs share one head and a tile of batch rows and loop over all time steps inside the kernel;
+each owns a slice of the head's gate outputs (all four gates) and so a DH x 4*DH/split slice of the recurrent
+weights, which it hoists on chip before the time loop or re-reads every step (from L1 only for an unsplit head
+whose weights fit there: the barrier of a split head invalidates L1 every step).
+Per step a program multiplies the previous hidden state of its head with its slice, adds the input pre-activations
+and the bias and applies the stabilised gating, all fused. Recurrent states live in fp32 buffers. With split = 1 a
+CTA barrier per step orders the writes of h_t before the reads of the next step; with split > 1 the programs of a
+head exchange h_t through global memory and a grid-level barrier per step (`_arrive` / `_wait_for` on a per-head
+counter), which needs all programs co-resident: the tiling solver keeps the grid within the multiprocessors, and
+under TRITON_INTERPRET (programs run one after another) it only offers split = 1.
 
-Backward: the mirror image, a reverse time loop per (head, batch tile): the cell's backward gives the gate
-pre-activation gradients dG_t (which are dx), then dh_{t-1} = dG_t R^T. dR and the bias gradient are sums over all
-(b, t) of h_{t-1}^T dG_t and dG_t; since dG must be materialised anyway (it is dx), one batched matmul after the
-loop computes them instead of an on-chip accumulator per program.
+Backward: the mirror image, a reverse time loop: each program runs the cell's backward on its slice, giving the gate
+pre-activation gradients dG_t (which are dx), then, after the head's barrier, dh_{t-1} = dG_t R^T for its slice of
+dh (the same columns, so the next step's cell backward only needs its own results). dR and the bias gradient are
+sums over all (b, t) of h_{t-1}^T dG_t and dG_t; since dG must be materialised anyway (it is dx), one batched matmul
+after the loop computes them instead of an on-chip accumulator per program (4 x DH x DH/split fp32 per program,
+96 KB at the benchmark's split of 6 on top of the weight slice; the matmul takes ~1.1 ms there, ~10% of a step).
 
 Tilings come from `kernels.slstm.tiling` (constraint solver + cost model); among its top candidates the fastest is
 measured once per shape on the GPU and cached.
@@ -27,7 +32,8 @@ from kernels.slstm import tiling as _tiling
 
 _OPERAND_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 _AUTOTUNE_TOP_K = 3
-_AUTOTUNE_STEPS = 32
+_AUTOTUNE_STEPS = 64
+_AUTOTUNE_REPEATS = 5
 _best_tiling: dict[tuple, _tiling.Tiling] = {}
 
 
@@ -126,17 +132,39 @@ def _tile(row_ptrs, offs, mask):
     return tl.load(row_ptrs + offs[None, :], mask=mask, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _arrive(flag_ptr):
+    """Tell the other programs of this head that this program's writes of the step are done (release)."""
+    tl.debug_barrier()  # every thread's stores are issued before the single-thread release below
+    tl.atomic_add(flag_ptr, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait_for(flag_ptr, target):
+    """Spin until the head's counter reaches `target` arrivals (acquire: the writes released before them, h_t or
+    dG_t of the other programs, are visible afterwards; on NVIDIA it also invalidates this SM's L1, which is why a
+    split program's weights are best hoisted on chip, into registers or shared memory, rather than left to L1)."""
+    seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(flag_ptr, 0, sem="acquire", scope="gpu")
+
+
 # ------------------------------------------------------------------------------------------------------ forward
 @triton.jit
-def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, B, T, slot_stride,
+def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, flags_ptr, B, T, slot_stride,
                     DH: tl.constexpr, H: tl.constexpr, BB: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr,
-                    STAGES: tl.constexpr, HOIST: tl.constexpr, SAVE: tl.constexpr, LSTM: tl.constexpr,
-                    OPERAND: tl.constexpr, PRECISION: tl.constexpr):
-    """state: (NS, 4, B, H) fp32 slots of (c, n, m, h); slot 0 holds the initial state. With SAVE, NS = T + 1 and
-    the pre-activations go to gates (B, T, 4H) fp32 for the backward; otherwise NS = 2 (ping-pong).
-    hseq: (B, T + 1, H) in the operand dtype, [:, 0] = initial h; h_t goes to [:, t + 1] and is read back as the
-    next step's matmul operand (so the reduction loop streams 16-bit tiles that the pipeliner can prefetch)."""
-    head = tl.program_id(0)
+                    SPLIT: tl.constexpr, STAGES: tl.constexpr, HOIST: tl.constexpr, SAVE: tl.constexpr,
+                    LSTM: tl.constexpr, OPERAND: tl.constexpr, PRECISION: tl.constexpr):
+    """Grid (heads * SPLIT, batch tiles); program (head, part) owns gate-output columns [part*BE, part*BE + BE)
+    when SPLIT > 1, the whole head otherwise. state: (NS, 4, B, H) fp32 slots of (c, n, m, h); slot 0 holds the
+    initial state. With SAVE, NS = T + 1 and the pre-activations go to gates (B, T, 4H) fp32 for the backward;
+    otherwise NS = 2 (ping-pong). hseq: (B, T + 1, H) in the operand dtype, [:, 0] = initial h; h_t goes to
+    [:, t + 1] and is read back as the next step's matmul operand (16-bit tiles that the pipeliner can prefetch).
+    flags: one int32 arrival counter per (head, batch tile), zero at launch (SPLIT > 1)."""
+    head = tl.program_id(0) // SPLIT
+    e_lo = (tl.program_id(0) % SPLIT) * BE
+    E_SPAN: tl.constexpr = BE if SPLIT > 1 else DH
+    flag = flags_ptr + head * tl.num_programs(1) + tl.program_id(1)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
     rows = rows.to(tl.int64)
@@ -145,16 +173,17 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, B, T
     x_rows = x_ptr + rows[:, None] * (T * 4 * H)
     h_rows = hseq_ptr + rows[:, None] * ((T + 1) * H) + col0
     g_rows = gates_ptr + rows[:, None] * (T * 4 * H)
-    if HOIST:
-        offs_all = tl.arange(0, BE)
-        w_i = _weight_tile(w_ptr, 0, head, offs_all, offs_all, DH, H)
-        w_f = _weight_tile(w_ptr, 1, head, offs_all, offs_all, DH, H)
-        w_z = _weight_tile(w_ptr, 2, head, offs_all, offs_all, DH, H)
-        w_o = _weight_tile(w_ptr, 3, head, offs_all, offs_all, DH, H)
+    if HOIST:  # one (whole head) x (this program's gate outputs) tile per gate, on chip for the whole loop
+        offs_wk = tl.arange(0, BK)
+        offs_we = e_lo + tl.arange(0, BE)
+        w_i = _weight_tile(w_ptr, 0, head, offs_wk, offs_we, DH, H)
+        w_f = _weight_tile(w_ptr, 1, head, offs_wk, offs_we, DH, H)
+        w_z = _weight_tile(w_ptr, 2, head, offs_wk, offs_we, DH, H)
+        w_o = _weight_tile(w_ptr, 3, head, offs_wk, offs_we, DH, H)
     prev = state_ptr
     nxt = state_ptr + slot_stride
     for t in tl.range(0, T, num_stages=1):
-        for e0 in tl.range(0, DH, BE, num_stages=1):
+        for e0 in tl.range(e_lo, e_lo + E_SPAN, BE, num_stages=1):
             offs_e = e0 + tl.arange(0, BE)
             cols = col0 + offs_e
             mask = row_ok[:, None] & (offs_e[None, :] < DH)
@@ -168,6 +197,8 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, B, T
             c_prev = _tile(prev + s_rows, cols, mask)
             n_prev = _tile(prev + B * H + s_rows, cols, mask)
             m_prev = _tile(prev + 2 * B * H + s_rows, cols, mask)
+            if SPLIT > 1:
+                _wait_for(flag, SPLIT * t)  # all slices of h_{t-1} are written
             for k0 in tl.range(0, DH, BK, num_stages=STAGES):
                 offs_k = k0 + tl.arange(0, BK)
                 h_prev = tl.load(h_rows + t * H + offs_k[None, :], mask=row_ok[:, None] & (offs_k[None, :] < DH),
@@ -194,7 +225,10 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, B, T
                 tl.store(g_t + H, pf, mask=mask)
                 tl.store(g_t + 2 * H, pz, mask=mask)
                 tl.store(g_t + 3 * H, po, mask=mask)
-        tl.debug_barrier()  # h_t (all tiles) is written before any thread reads it as h_prev
+        if SPLIT > 1:
+            _arrive(flag)
+        else:
+            tl.debug_barrier()  # h_t (all tiles) is written before any thread reads it as h_prev
         if SAVE:
             prev = nxt
             nxt = nxt + slot_stride
@@ -204,17 +238,21 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, B, T
 
 # ----------------------------------------------------------------------------------------------------- backward
 @triton.jit
-def _backward_kernel(gates_ptr, state_ptr, wt_ptr, dy_ptr, dgates_ptr, dx_ptr, dh_ptr, carry_ptr, B, T,
+def _backward_kernel(gates_ptr, state_ptr, wt_ptr, dy_ptr, dgates_ptr, dx_ptr, dh_ptr, carry_ptr, flags_ptr, B, T,
                      slot_stride, DH: tl.constexpr, H: tl.constexpr, BB: tl.constexpr, BE: tl.constexpr,
-                     BK: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr, HOIST: tl.constexpr, LSTM: tl.constexpr,
-                     SEPARATE_DX: tl.constexpr, OPERAND: tl.constexpr, PRECISION: tl.constexpr):
-    """Reverse time loop. gates: saved pre-activations (B, T, 4H); state: (T + 1, 4, B, H) slots; wt: recurrent
-    weights transposed per gate and head; dgates (B, T, 4H) fp32 receives the pre-activation gradients and, with
-    SEPARATE_DX, dx (same layout, operand dtype) a rounded copy that the recurrent matmul streams. dh (B, H) enters
-    as d h_last and leaves as d h_0; carry (2, 3, B, H) ping-pongs (dc, dn, dm), slot 0 entering as the final
-    states' gradients. BE tiles the elementwise phase, BD (the head rounded up to a power of two) the recurrent
-    product, whose reduction over gate outputs runs in BK tiles."""
-    head = tl.program_id(0)
+                     BK: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr, STAGES: tl.constexpr,
+                     HOIST: tl.constexpr, LSTM: tl.constexpr, SEPARATE_DX: tl.constexpr, OPERAND: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """Reverse time loop, grid as in the forward. gates: saved pre-activations (B, T, 4H); state: (T + 1, 4, B, H)
+    slots; wt: recurrent weights transposed per gate and head; dgates (B, T, 4H) fp32 receives the pre-activation
+    gradients and, with SEPARATE_DX, dx (same layout, operand dtype) a rounded copy that the recurrent matmul
+    streams. dh (B, H) enters as d h_last and leaves as d h_0; carry (2, 3, B, H) ping-pongs (dc, dn, dm), slot 0
+    entering as the final states' gradients. BE tiles the elementwise phase; the recurrent product writes BN columns
+    of dh (the program's slice, or the head rounded up to a power of two), reducing over gate outputs in BK tiles."""
+    head = tl.program_id(0) // SPLIT
+    e_lo = (tl.program_id(0) % SPLIT) * BE
+    E_SPAN: tl.constexpr = BE if SPLIT > 1 else DH
+    flag = flags_ptr + head * tl.num_programs(1) + tl.program_id(1)
     rows = tl.program_id(1) * BB + tl.arange(0, BB)
     row_ok = rows < B
     rows = rows.to(tl.int64)
@@ -224,19 +262,20 @@ def _backward_kernel(gates_ptr, state_ptr, wt_ptr, dy_ptr, dgates_ptr, dx_ptr, d
     dg_rows = dgates_ptr + rows[:, None] * (T * 4 * H)
     dx_rows = dx_ptr + rows[:, None] * (T * 4 * H)
     dy_rows = dy_ptr + rows[:, None] * (T * H)
+    offs_d = e_lo + tl.arange(0, BN)
     if HOIST:
-        offs_all = tl.arange(0, BE)
-        w_i = _weight_tile(wt_ptr, 0, head, offs_all, offs_all, DH, H)
-        w_f = _weight_tile(wt_ptr, 1, head, offs_all, offs_all, DH, H)
-        w_z = _weight_tile(wt_ptr, 2, head, offs_all, offs_all, DH, H)
-        w_o = _weight_tile(wt_ptr, 3, head, offs_all, offs_all, DH, H)
+        offs_wk = tl.arange(0, BK)
+        w_i = _weight_tile(wt_ptr, 0, head, offs_wk, offs_d, DH, H)
+        w_f = _weight_tile(wt_ptr, 1, head, offs_wk, offs_d, DH, H)
+        w_z = _weight_tile(wt_ptr, 2, head, offs_wk, offs_d, DH, H)
+        w_o = _weight_tile(wt_ptr, 3, head, offs_wk, offs_d, DH, H)
     carry_in = carry_ptr
     carry_out = carry_ptr + 3 * B * H
     for step in tl.range(0, T, num_stages=1):
         t = T - 1 - step
         cur = state_ptr + (t + 1).to(tl.int64) * slot_stride
         prev = cur - slot_stride
-        for e0 in tl.range(0, DH, BE, num_stages=1):
+        for e0 in tl.range(e_lo, e_lo + E_SPAN, BE, num_stages=1):
             offs_e = e0 + tl.arange(0, BE)
             mask = row_ok[:, None] & (offs_e[None, :] < DH)
             cols = col0 + offs_e
@@ -273,10 +312,14 @@ def _backward_kernel(gates_ptr, state_ptr, wt_ptr, dy_ptr, dgates_ptr, dx_ptr, d
             tl.store(co, dc_prev, mask=mask)
             tl.store(co + B * H, dn_prev, mask=mask)
             tl.store(co + 2 * B * H, dm_prev, mask=mask)
-        tl.debug_barrier()  # dG_t complete before the recurrent product reads it; dh read before it is overwritten
-        # dh_{t-1} = sum_g dG_g R_g^T over the whole head at once: one weight stream per step, pipelined over k.
-        offs_d = tl.arange(0, BD)
-        acc = tl.zeros((BB, BD), tl.float32)
+        # dG_t complete (all programs of the head) before the recurrent product reads it; dh read before overwritten
+        if SPLIT > 1:
+            _arrive(flag)
+            _wait_for(flag, SPLIT * (step + 1))
+        else:
+            tl.debug_barrier()
+        # dh_{t-1} = sum_g dG_g R_g^T for this program's columns: one weight stream per step, pipelined over k.
+        acc = tl.zeros((BB, BN), tl.float32)
         for k0 in tl.range(0, DH, BK, num_stages=STAGES):
             offs_k = k0 + tl.arange(0, BK)
             kmask = row_ok[:, None] & (offs_k[None, :] < DH)
@@ -296,27 +339,34 @@ def _backward_kernel(gates_ptr, state_ptr, wt_ptr, dy_ptr, dgates_ptr, dx_ptr, d
 
 
 # ------------------------------------------------------------------------------------------------ host wrappers
+def _grid_and_flags(t: _tiling.Tiling, batch: int, num_heads: int, device):
+    """Launch grid (heads * split, batch tiles) and the zeroed per-(head, batch tile) arrival counters."""
+    grid = (num_heads * t.split, triton.cdiv(batch, t.block_b))
+    return grid, torch.zeros(num_heads * grid[1], device=device, dtype=torch.int32)
+
+
 def _launch_forward(t: _tiling.Tiling, x, w, bias, state, hseq, gates, num_heads: int, save: bool, lstm: bool):
     B, T, four_h = x.shape
     hidden = four_h // 4
-    grid = (num_heads, triton.cdiv(B, t.block_b))
+    grid, flags = _grid_and_flags(t, B, num_heads, x.device)
     _forward_kernel[grid](
-        x, w, bias, state, hseq, gates, B, T, state.stride(0),
-        DH=hidden // num_heads, H=hidden, BB=t.block_b, BE=t.block_e, BK=t.block_k, STAGES=t.num_stages,
-        HOIST=t.hoist_r, SAVE=save, LSTM=lstm, OPERAND=_OPERAND_DTYPES[w.dtype],
+        x, w, bias, state, hseq, gates, flags, B, T, state.stride(0),
+        DH=hidden // num_heads, H=hidden, BB=t.block_b, BE=t.block_e, BK=t.block_k, SPLIT=t.split,
+        STAGES=t.num_stages, HOIST=t.hoist_r, SAVE=save, LSTM=lstm, OPERAND=_OPERAND_DTYPES[w.dtype],
         PRECISION="ieee" if w.dtype == torch.float32 else "tf32", num_warps=t.num_warps, num_stages=1)
 
 
 def _launch_backward(t: _tiling.Tiling, gates, state, wt, dy, dgates, dx, dh, carry, num_heads: int, lstm: bool):
     B, T, four_h = gates.shape
     hidden = four_h // 4
-    grid = (num_heads, triton.cdiv(B, t.block_b))
+    grid, flags = _grid_and_flags(t, B, num_heads, gates.device)
     _backward_kernel[grid](
-        gates, state, wt, dy, dgates, dx, dh, carry, B, T, state.stride(0),
+        gates, state, wt, dy, dgates, dx, dh, carry, flags, B, T, state.stride(0),
         DH=hidden // num_heads, H=hidden, BB=t.block_b, BE=t.block_e, BK=t.block_k,
-        BD=_tiling.head_tile(hidden // num_heads), STAGES=t.num_stages, HOIST=t.hoist_r, LSTM=lstm,
-        SEPARATE_DX=dx.data_ptr() != dgates.data_ptr(), OPERAND=_OPERAND_DTYPES[wt.dtype],
-        PRECISION="ieee" if wt.dtype == torch.float32 else "tf32", num_warps=t.num_warps, num_stages=1)
+        BN=t.block_e if t.split > 1 else _tiling.head_tile(hidden // num_heads), SPLIT=t.split,
+        STAGES=t.num_stages, HOIST=t.hoist_r, LSTM=lstm, SEPARATE_DX=dx.data_ptr() != dgates.data_ptr(),
+        OPERAND=_OPERAND_DTYPES[wt.dtype], PRECISION="ieee" if wt.dtype == torch.float32 else "tf32",
+        num_warps=t.num_warps, num_stages=1)
 
 
 def _problem(pass_: str, batch: int, hidden: int, num_heads: int, operand: torch.dtype) -> _tiling.Problem:
@@ -329,8 +379,18 @@ def _tilings(pass_: str, batch: int, hidden: int, num_heads: int, operand: torch
                          top_k=_AUTOTUNE_TOP_K)
 
 
+def _elapsed_ms(probe, cand) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    probe(cand)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
 def _fastest(key: tuple, candidates, probe) -> _tiling.Tiling:
-    """Time `probe(tiling)` for each candidate once per key (CUDA only); the interpreter takes the top-ranked."""
+    """Time `probe(tiling)` for each candidate once per key, best of a few runs (small shapes run for only a few
+    hundred microseconds, where one slow launch would decide); CUDA only, the interpreter takes the top-ranked."""
     if len(candidates) == 1 or interpreter_enabled() or not torch.cuda.is_available():
         return candidates[0]
     if key not in _best_tiling:
@@ -341,13 +401,7 @@ def _fastest(key: tuple, candidates, probe) -> _tiling.Tiling:
             except triton.runtime.errors.OutOfResources:  # the model's resource estimate was too optimistic
                 times.append(float("inf"))
                 continue
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(3):
-                probe(cand)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(min(_elapsed_ms(probe, cand) for _ in range(_AUTOTUNE_REPEATS)))
         if min(times) == float("inf"):
             raise ValueError(f"none of the solver's tilings {candidates} compiles on this GPU; use backend='torch'")
         _best_tiling[key] = candidates[min(range(len(candidates)), key=times.__getitem__)]

@@ -9,6 +9,7 @@ from kernels.slstm.tiling import (
     Problem,
     Tiling,
     device_limits,
+    interpreter_limits,
     nominal_limits,
     solve,
     validate,
@@ -39,19 +40,44 @@ def test_all_feasible_candidates_meet_resource_limits():
     p = Problem(192, 16, 4, 2, "backward")
     feasible, removed = tiling.candidates(p, H100)
     assert feasible and removed
+    assert {t.split for t in feasible} == {1, 3, 6, 12}  # 192 / block_e for block_e in 64, 32, 16
     for t in feasible:
-        assert tiling._smem_estimate(p, t.block_b, t.block_e, t.block_k, t.num_stages, t.hoist_r) <= H100.smem_bytes
-        regs = tiling._register_estimate(p, t.block_b, t.block_e, t.block_k, t.num_warps, t.hoist_r)
+        smem = tiling._smem_estimate(p, t.block_b, t.block_e, t.block_k, t.num_stages, t.hoist_r, t.split)
+        assert smem <= H100.smem_bytes
+        regs = tiling._register_estimate(p, t.block_b, t.block_e, t.block_k, t.num_warps, t.hoist_r, t.split)
         assert regs <= 255 and regs * 32 * t.num_warps <= H100.regs_per_sm
         assert (t.block_b // 16) * (t.block_e // 8) >= t.num_warps
+        if t.split > 1:
+            assert -(-192 // t.block_e) == t.split and 4 * t.split <= H100.num_sms
 
 
-def test_small_heads_keep_weights_on_chip_large_heads_stream():
-    assert solve(Problem(64, 16, 4, 2), H100)[0].hoist_r
-    assert not any(t.hoist_r for t in solve(Problem(192, 16, 4, 2), H100))
-    # Weight traffic grows with the head: the modelled step time must too.
+def test_small_heads_stay_whole_large_heads_split_with_weights_on_chip():
+    small = solve(Problem(64, 16, 4, 2), H100)[0]
+    assert small.hoist_r and small.split == 1
+    large = solve(Problem(192, 16, 4, 2), H100)[0]
+    assert large.hoist_r and large.split > 1
+    # Weight traffic or the grid barrier grows with the head: the modelled step time must too.
     costs = [solve(Problem(dh, 16, 4, 2), H100)[0].cost_us for dh in (64, 128, 192, 256)]
     assert costs == sorted(costs)
+
+
+def test_interpreter_never_splits_a_head():
+    """Interpreted programs run one after another, so a grid barrier would deadlock: split = 1 only."""
+    p = Problem(192, 16, 4, 2)
+    assert all(t.split == 1 for t in solve(p, interpreter_limits(), top_k=8))
+    with pytest.raises(ValueError, match="grid barrier"):
+        validate(p, interpreter_limits(), Tiling(16, 32, 256, 4, 1, hoist_r=True, split=6))
+
+
+def test_split_must_fit_head_and_multiprocessors():
+    p = Problem(192, 16, 4, 2)
+    validate(p, H100, Tiling(16, 32, 256, 4, 1, hoist_r=True, split=6))
+    with pytest.raises(ValueError, match="one gate-output tile per program"):
+        validate(p, H100, Tiling(16, 32, 256, 4, 1, hoist_r=True, split=4))
+    crowded = Problem(192, 256, 16, 2)  # 16 heads x 16 batch tiles x 6 programs > 132 multiprocessors
+    with pytest.raises(ValueError, match="co-resident programs"):
+        validate(crowded, H100, Tiling(16, 32, 256, 4, 1, hoist_r=True, split=6))
+    assert all(t.split == 1 for t in solve(Problem(192, 4096, 16, 2), H100, top_k=8))
 
 
 def test_more_programs_than_multiprocessors_cost_more_waves():
@@ -73,7 +99,7 @@ def test_too_many_batch_tiles_raise():
 
 def test_validate_names_broken_constraints():
     p = Problem(192, 16, 4, 2)
-    with pytest.raises(ValueError, match="one tile over the whole head"):
+    with pytest.raises(ValueError, match="one tile over the whole head per program"):
         validate(p, H100, Tiling(16, 64, 64, 4, 1, hoist_r=True))
     with pytest.raises(ValueError, match="divides head_dim"):
         validate(p, H100, Tiling(16, 128, 64, 4, 1, hoist_r=False))
@@ -91,8 +117,9 @@ def test_problem_checks_inputs(kwargs, match):
         Problem(**kwargs)
 
 
-def test_device_limits_without_gpu_are_nominal():
-    assert device_limits(torch.device("cpu")) == H100
+def test_device_limits_without_gpu_are_the_interpreters():
+    assert device_limits(torch.device("cpu")) == interpreter_limits()
+    assert not interpreter_limits().grid_sync and H100.grid_sync
     if torch.cuda.is_available():
         lim = device_limits(torch.device("cuda"))
         assert lim.smem_bytes > 48 * 1024 and lim.num_sms > 0

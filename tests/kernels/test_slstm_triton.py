@@ -1,7 +1,8 @@
 """Triton sLSTM/LSTM kernels against the PyTorch reference: outputs, final states and all gradients.
 
-CPU runs use Triton's interpreter (tiny shapes, fp32/fp16: the interpreter's bf16 dot is unreliable); `gpu` tests
-cover realistic shapes, bf16 and extreme pre-activations on a CUDA device.
+CPU runs use Triton's interpreter (tiny shapes, fp32/fp16: the interpreter's bf16 dot is unreliable; one program per
+head, since interpreted programs cannot wait on each other); `gpu` tests cover realistic shapes, bf16, extreme
+pre-activations and heads split across programs on a CUDA device.
 """
 import pytest
 import torch
@@ -15,6 +16,9 @@ from tests.kernels.tolerances import TOLERANCE, assert_close, rel_err
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 STREAMED = Tiling(block_b=16, block_e=16, block_k=16, num_warps=2, num_stages=2, hoist_r=False)
 HOISTED = Tiling(block_b=16, block_e=32, block_k=32, num_warps=4, num_stages=1, hoist_r=True)
+# Split heads (GPU only): programs of a head exchange h_t / dG_t through a grid barrier every step.
+SPLIT6_HOISTED = Tiling(block_b=16, block_e=32, block_k=256, num_warps=4, num_stages=1, hoist_r=True, split=6)
+SPLIT3_STREAMED = Tiling(block_b=16, block_e=64, block_k=64, num_warps=4, num_stages=2, hoist_r=False, split=3)
 # The interpreter evaluates masked-out lanes too (padding rows divide 0 by 0); those lanes are never stored.
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")]
@@ -133,13 +137,35 @@ def test_gpu_fp32_fp16(dtype):
     check(*run_both(leaves, 4, "slstm", ref_dtype=torch.float32), dtype, "slstm")
 
 
+SPLIT_CASES = {  # (B, NH, DH, tiling, dtypes); fp32 weights of a 192-wide head do not fit in registers
+    "192-split6-hoisted": (16, 4, 192, SPLIT6_HOISTED, (torch.bfloat16,)),
+    "192-split3-streamed": (16, 4, 192, SPLIT3_STREAMED, (torch.bfloat16, torch.float32)),
+    "24-split2-ragged": (5, 3, 24, Tiling(16, 16, 32, 2, 1, hoist_r=True, split=2), (torch.bfloat16, torch.float32)),
+    "64-split2-batch-tiles": (40, 2, 64, Tiling(16, 32, 64, 4, 1, hoist_r=True, split=2),
+                              (torch.bfloat16, torch.float32)),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cell", ["slstm", "lstm"])
+@pytest.mark.parametrize("B,NH,DH,tiling,dtype", [
+    pytest.param(B, NH, DH, t, dt, id=f"{name}-{str(dt).split('.')[-1]}")
+    for name, (B, NH, DH, t, dtypes) in SPLIT_CASES.items() for dt in dtypes
+])
+def test_gpu_split_heads_match_reference(B, NH, DH, tiling, dtype, cell):
+    """Outputs, final states and all gradients of split-head kernels (both passes) against the fp32 loop."""
+    leaves = make_inputs(B=B, T=300, NH=NH, DH=DH, dtype=dtype, scale=2.0)
+    check(*run_both(leaves, NH, cell, tiling, ref_dtype=torch.float32), dtype, cell)
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
+@pytest.mark.parametrize("tiling", [None, SPLIT6_HOISTED], ids=["autotuned", "split6"])
 @pytest.mark.parametrize("scale", [1.0, 40.0], ids=["normal", "extreme"])
-def test_gpu_long_sequences_no_nan(scale):
+def test_gpu_long_sequences_no_nan(scale, tiling):
     """T=4096 forward (and backward) at the benchmark shape; extreme pre-activations must stay finite."""
     leaves = make_inputs(B=16, T=4096, NH=4, DH=192, dtype=torch.bfloat16, scale=scale, with_state=False)
-    ours, ref = run_both(leaves, 4, "slstm", ref_dtype=torch.float32)
+    ours, ref = run_both(leaves, 4, "slstm", tiling, ref_dtype=torch.float32)
     for t in (ours[0], *ours[1], *ours[2]):
         assert torch.isfinite(t).all()
     assert rel_err(ours[0], ref[0]) < TOLERANCE[torch.bfloat16]
