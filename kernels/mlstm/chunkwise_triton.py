@@ -2,11 +2,11 @@
 
 Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). Forward:
   1. `_gate_kernel`: log input gates and chunk-local cumulative log forget gates b (fp32).
-  2. `_recurrence_kernel`: the stabilised memory (C, n, m) at every chunk boundary, one program per state tile
-     walking its sequence's chunks in order.
+  2. `chunk_states` (kernels/mlstm/chunk_states_triton.py): the stabilised memory (C, n, m) at every chunk boundary,
+     from a parallel per-chunk product and an elementwise scan across the chunks.
   3. `_intra_kernel`: every output tile (rows of one chunk x a block of DHV) from the causal in-chunk product, tiled
      along the chunk (second level of sequence parallelism) and along DHQK, plus the boundary state's contribution.
-Backward re-runs 1-2, walks the chunks in reverse for the state gradients (same recurrence kernel) and gets dq, dk, dv
+Backward re-runs 1-2, walks the chunks in reverse for the state gradients (same two kernels) and gets dq, dk, dv
 from the same intra kernel in three more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv).
 
 Every product the kernels form has one shape:
@@ -22,7 +22,7 @@ gradients follow from dq, dk: d log i_s = k_s . dk_s and d log f_r = sum over t 
 For the sig variant a given initial state with m != 0 is folded into (C, n) as exp(m) * (C, n); its last state has
 m = 0.
 
-On CUDA the intra kernel is autotuned over a few spill-free tile configs; KERNELS_TRITON_AUTOTUNE=0 uses the first.
+On CUDA the intra kernel is autotuned over a few tile configs; KERNELS_TRITON_AUTOTUNE=0 uses the first.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
+from kernels.mlstm.chunk_states_triton import chunk_states
+from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 
 MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -63,119 +65,6 @@ def _gate_kernel(IG, FG, GB, GLI, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BL
     if SIG:
         i = _logsigmoid(i)
     tl.store(GLI + base + offs, i, mask=mask)
-
-
-@triton.jit
-def _recurrence_kernel(
-    A, X, XAUG, GB, GLI, MROWS, MSTATE, INIT_C, INIT_N, INIT_M, OUT_C, OUT_N,
-    CHUNKS, SEQS, n_chunks, n_seqs, NH, S, DA, DX, a_mult,
-    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, HAS_XAUG: tl.constexpr,
-    PRECISION: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr, BR: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    """One (DA x DX) state tile of one sequence and head, carried across the sequence's chunks.
-
-    Forward (REVERSE=False): state_{c+1} = carry_c state_c + sum_s w_s A_s [X_s, 1]^T with A = k, X = v; stores the
-    state before each chunk and after the last, and the stabiliser m. Backward (REVERSE=True): the same recursion
-    run backwards on the state gradients with A = q * scale, X = dh / denominator and XAUG = d qn.
-    """
-    pid = tl.program_id(0)
-    seq = tl.program_id(1)
-    head = tl.program_id(2)
-    n_xt = tl.cdiv(DX, BX)
-    offs_a = (pid // n_xt) * BA + tl.arange(0, BA)
-    offs_x = (pid % n_xt) * BX + tl.arange(0, BX)
-    mask_a = offs_a < DA
-    mask_x = offs_x < DX
-    mask_ax = mask_a[:, None] & mask_x[None, :]
-    tile = offs_a[:, None] * DX + offs_x[None, :]
-    owns_vec = (pid % n_xt) == 0
-    owns_m = pid == 0
-    first_chunk = tl.load(SEQS + seq)
-    n_seq_chunks = tl.load(SEQS + n_seqs + seq)
-    first_slot = tl.load(SEQS + 2 * n_seqs + seq)
-    head_seq = seq.to(tl.int64) * NH + head
-    if HAS_INIT:
-        acc = tl.load(INIT_C + head_seq * DA * DX + tile, mask=mask_ax, other=0.0)
-        vec = tl.load(INIT_N + head_seq * DA + offs_a, mask=mask_a, other=0.0)
-    else:
-        acc = tl.zeros((BA, BX), dtype=tl.float32)
-        vec = tl.zeros((BA,), dtype=tl.float32)
-    if SIG:
-        m_state = tl.full([], 0.0, tl.float32)
-    elif HAS_INIT and not REVERSE:
-        m_state = tl.load(INIT_M + head_seq)
-    else:
-        m_state = tl.full([], float("-inf"), tl.float32)
-    for it in range(n_seq_chunks):
-        if REVERSE:
-            chunk = first_chunk + n_seq_chunks - 1 - it
-        else:
-            chunk = first_chunk + it
-        row = tl.load(CHUNKS + chunk)
-        start = tl.load(CHUNKS + n_chunks + chunk)
-        length = tl.load(CHUNKS + 2 * n_chunks + chunk)
-        slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
-        tok0 = (row.to(tl.int64) * NH + head) * S + start
-        g = tl.load(GB + tok0 + length - 1)
-        if REVERSE:
-            # the gradient w.r.t. the state after this chunk, then one step back
-            out = (slot + 1) * NH + head
-            tl.store(OUT_C + out * DA * DX + tile, acc, mask=mask_ax)
-            tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & owns_vec)
-            if SIG:
-                m_start = 0.0
-                m_end = 0.0
-            else:
-                m_start = tl.load(MSTATE + slot * NH + head)
-                m_end = tl.load(MSTATE + (slot + 1) * NH + head)
-        else:
-            out = slot * NH + head
-            tl.store(OUT_C + out * DA * DX + tile, acc, mask=mask_ax)
-            tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & owns_vec)
-            tl.store(MSTATE + out, m_state, mask=owns_m)
-            m_start = m_state
-            if SIG:
-                m_end = m_state
-            else:
-                offs_l = tl.arange(0, BLOCK_L)
-                mask_l = offs_l < length
-                b_all = tl.load(GB + tok0 + offs_l, mask=mask_l, other=0.0)
-                li_all = tl.load(GLI + tok0 + offs_l, mask=mask_l, other=0.0)
-                local = tl.max(tl.where(mask_l, g - b_all + li_all, float("-inf")), axis=0)
-                m_end = tl.maximum(g + m_state, local)
-        carry = tl.exp(g + m_start - m_end)
-        acc = acc * carry
-        vec = vec * carry
-        for r0 in range(0, length, BR):
-            offs_r = r0 + tl.arange(0, BR)
-            mask_r = offs_r < length
-            b = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
-            if REVERSE:
-                if SIG:
-                    w = tl.exp(b)
-                else:
-                    w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0))
-            else:
-                w = tl.exp(g - b + tl.load(GLI + tok0 + offs_r, mask=mask_r, other=0.0) - m_end)
-            w = tl.where(mask_r, w * a_mult, 0.0)
-            a = tl.load(A + (tok0 + offs_r)[:, None] * DA + offs_a[None, :],
-                        mask=mask_r[:, None] & mask_a[None, :], other=0.0)
-            xb = tl.load(X + (tok0 + offs_r)[:, None] * DX + offs_x[None, :],
-                         mask=mask_r[:, None] & mask_x[None, :], other=0.0)
-            aw = a.to(tl.float32) * w[:, None]
-            acc += tl.dot(tl.trans(aw.to(xb.dtype)), xb, input_precision=PRECISION)
-            if HAS_XAUG:
-                aw = aw * tl.load(XAUG + tok0 + offs_r, mask=mask_r, other=0.0)[:, None]
-            vec += tl.sum(aw, axis=0)
-        if not REVERSE:
-            m_state = m_end
-    if REVERSE:
-        out = first_slot.to(tl.int64) * NH + head
-    else:
-        out = (first_slot + n_seq_chunks).to(tl.int64) * NH + head
-        tl.store(MSTATE + out, m_state, mask=owns_m)
-    tl.store(OUT_C + out * DA * DX + tile, acc, mask=mask_ax)
-    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & owns_vec)
 
 
 @triton.jit
@@ -360,19 +249,15 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _pow2(x: int, low: int = 16, high: int | None = None) -> int:
-    p = max(low, triton.next_power_of_2(x))
-    return p if high is None else min(p, high)
-
-
 def _intra_configs():
-    """Tile configs for the intra kernel: spill-free on sm_90 (checked with ptxas); the first is the default when
-    autotuning is off (interpreter, or KERNELS_TRITON_AUTOTUNE=0 to save compile time)."""
+    """Tile configs for the intra kernel; the first is the default when autotuning is off (interpreter, or
+    KERNELS_TRITON_AUTOTUNE=0 to save compile time). At DHQK=256, DHV=512 on the H100 the autotuner picked the second
+    for h, dk and dv and the third for dq, out of these and three more (BX=64, 4 warps, BR=128) that never won."""
     if interpreter_enabled():
         return [triton.Config({"BR": 32, "BJ": 32, "BX": 64, "BD": 64})]
     configs = [
         triton.Config({"BR": 64, "BJ": 64, "BX": 128, "BD": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BR": 64, "BJ": 64, "BX": 64, "BD": 64}, num_warps=8, num_stages=2),
+        triton.Config({"BR": 64, "BJ": 64, "BX": 256, "BD": 64}, num_warps=8, num_stages=2),
         triton.Config({"BR": 64, "BJ": 64, "BX": 128, "BD": 64}, num_warps=8, num_stages=3),
     ]
     return configs if os.environ.get("KERNELS_TRITON_AUTOTUNE", "1") != "0" else configs[:1]
@@ -411,25 +296,6 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, BM, X, out, st
     )
 
 
-def _recurrence(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_n, init, a_mult: float,
-                reverse: bool, sig: bool, xaug=None, mrows=None):
-    """Launch the state recurrence (forward over k, v or backward over q, dnum) for every sequence and head."""
-    NH, S, DA = A.shape[1], A.shape[2], A.shape[3]
-    DX = X.shape[-1]
-    BA, BX = _pow2(DA, high=64), _pow2(DX, high=64)
-    BR = _pow2(chunk_size, high=32 if interpreter_enabled() else 64)
-    dummy = gb
-    init_c, init_n, init_m = init if init is not None else (dummy, dummy, dummy)
-    grid = (triton.cdiv(DA, BA) * triton.cdiv(DX, BX), layout.n_seqs, NH)
-    _recurrence_kernel[grid](
-        A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
-        init_c, init_n, init_m, out_c, out_n, layout.chunks, layout.seqs, layout.n_chunks, layout.n_seqs,
-        NH, S, DA, DX, a_mult,
-        REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, HAS_XAUG=xaug is not None, PRECISION=_precision(A.dtype),
-        BA=BA, BX=BX, BR=BR, BLOCK_L=_pow2(chunk_size), num_warps=8,
-    )
-
-
 def _gates(igate, fgate, layout: ChunkLayout, chunk_size: int, sig: bool):
     B, NH, S = igate.shape
     gb = torch.empty(B, NH, S, device=igate.device, dtype=torch.float32)
@@ -444,8 +310,8 @@ def _states(k, v, gb, gli, layout, chunk_size, init, sig):
     c = torch.empty(layout.n_slots, NH, DK, DV, device=k.device, dtype=torch.float32)
     n = torch.empty(layout.n_slots, NH, DK, device=k.device, dtype=torch.float32)
     m = torch.empty(layout.n_slots, NH, device=k.device, dtype=torch.float32)
-    _recurrence(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c, out_n=n, init=init, a_mult=1.0,
-                reverse=False, sig=sig)
+    chunk_states(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c, out_n=n, init=init, a_mult=1.0,
+                 reverse=False, sig=sig, precision=_precision(k.dtype))
     return c, n, m
 
 
@@ -532,11 +398,11 @@ class _MLSTMChunkwise(torch.autograd.Function):
         if has_last_grad:
             dc_last = torch.zeros_like(c_last) if dc_last is None else dc_last.float().contiguous()
             dn_last = torch.zeros_like(n_last) if dn_last is None else dn_last.float().contiguous()
-            final = (dc_last, dn_last, gb)
+            final = (dc_last, dn_last, None)
         dc = torch.empty_like(c)
         dn = torch.empty_like(n)
-        _recurrence(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc,
-                    out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig)
+        chunk_states(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc,
+                     out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig, precision=_precision(q.dtype))
 
         kw = dict(gb=gb, gli=gli, mrows=mrows, mstate=m, scale=scale, sig=sig)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

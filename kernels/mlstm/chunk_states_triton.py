@@ -1,0 +1,196 @@
+"""The mLSTM memory at every chunk boundary, in two launches: a parallel per-chunk kernel and a scan across chunks.
+
+Forward (over k, v): with g_c the chunk's total log forget gate and b_s the chunk-local cumulative one,
+  local_c = sum_s exp(g_c - b_s + li_s - l_c) k_s [v_s, 1]^T,   l_c = max_s (g_c - b_s + li_s)   (sig: l_c = 0)
+  m_{c+1} = max(g_c + m_c, l_c),   C_{c+1} = exp(g_c + m_c - m_{c+1}) C_c + exp(l_c - m_{c+1}) local_c.
+Backward (over q * scale, dnum and d qn), walking the chunks in reverse, with m from the forward pass:
+  local_c = sum_r exp(b_r + m_c - m_r) q_r [dnum_r, dqn_r]^T,   dC_c = exp(g_c + m_c - m_{c+1}) dC_{c+1} + local_c.
+All chunks' local terms are independent matrix products (`_local_kernel`, one program per state tile and chunk, so
+the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order, which
+makes it bound by memory bandwidth rather than by the latency of dependent matrix products.
+
+States live in the slots of kernels/mlstm/chunk_layout.py. The local kernel writes each chunk's term into the slot
+the scan will overwrite with the result (forward: the state after the chunk; reverse: the gradient before it), so
+no extra buffer is needed.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.dispatch import interpreter_enabled
+from kernels.mlstm.chunk_layout import ChunkLayout
+
+
+@triton.jit
+def _local_kernel(
+    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, n_chunks, NH, S, DA, DX, a_mult,
+    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr, PRECISION: tl.constexpr,
+    BA: tl.constexpr, BX: tl.constexpr, BR: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """One (BA x BX) tile of one chunk's local term, plus its share of the vector term and the chunk's scalars."""
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    head = tl.program_id(2)
+    n_xt = tl.cdiv(DX, BX)
+    offs_a = (pid // n_xt) * BA + tl.arange(0, BA)
+    offs_x = (pid % n_xt) * BX + tl.arange(0, BX)
+    mask_a = offs_a < DA
+    mask_x = offs_x < DX
+    row = tl.load(CHUNKS + chunk)
+    start = tl.load(CHUNKS + n_chunks + chunk)
+    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
+    slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
+    tok0 = (row.to(tl.int64) * NH + head) * S + start
+    g = tl.load(GB + tok0 + length - 1)
+    scalar = chunk.to(tl.int64) * NH + head
+    tl.store(CHUNK_G + scalar, g, mask=pid == 0)
+    if REVERSE:
+        out = slot * NH + head
+        if SIG:
+            m_start = 0.0
+        else:
+            m_start = tl.load(MSTATE + out)
+    else:
+        out = (slot + 1) * NH + head
+        if SIG:
+            local = 0.0
+        else:
+            offs_l = tl.arange(0, BLOCK_L)
+            mask_l = offs_l < length
+            val = g - tl.load(GB + tok0 + offs_l, mask=mask_l, other=0.0) + tl.load(GLI + tok0 + offs_l, mask=mask_l,
+                                                                                   other=0.0)
+            local = tl.max(tl.where(mask_l, val, float("-inf")), axis=0)
+            tl.store(CHUNK_L + scalar, local, mask=pid == 0)
+    acc = tl.zeros((BA, BX), dtype=tl.float32)
+    vec = tl.zeros((BA,), dtype=tl.float32)
+    for r0 in range(0, length, BR):
+        offs_r = r0 + tl.arange(0, BR)
+        mask_r = offs_r < length
+        b = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
+        if REVERSE:
+            if SIG:
+                w = tl.exp(b)
+            else:
+                w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0))
+        else:
+            w = tl.exp(g - b + tl.load(GLI + tok0 + offs_r, mask=mask_r, other=0.0) - local)
+        w = tl.where(mask_r, w * a_mult, 0.0)
+        a = tl.load(A + (tok0 + offs_r)[:, None] * DA + offs_a[None, :], mask=mask_r[:, None] & mask_a[None, :],
+                    other=0.0)
+        xb = tl.load(X + (tok0 + offs_r)[:, None] * DX + offs_x[None, :], mask=mask_r[:, None] & mask_x[None, :],
+                     other=0.0)
+        aw = a.to(tl.float32) * w[:, None]
+        acc += tl.dot(tl.trans(aw.to(xb.dtype)), xb, input_precision=PRECISION)
+        if HAS_XAUG:
+            aw = aw * tl.load(XAUG + tok0 + offs_r, mask=mask_r, other=0.0)[:, None]
+        vec += tl.sum(aw, axis=0)
+    tl.store(OUT_C + out * DA * DX + offs_a[:, None] * DX + offs_x[None, :], acc,
+             mask=mask_a[:, None] & mask_x[None, :])
+    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & (pid % n_xt == 0))
+
+
+@triton.jit
+def _scan_kernel(
+    C, N, INIT_C, INIT_N, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size_c, size_n, n_blocks_c,
+    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One block of the flattened matrix (or vector) state of one sequence and head, carried across its chunks.
+
+    Forward, the first program of each sequence and head also writes the stabiliser m of every slot.
+    """
+    pid = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    if pid < n_blocks_c:
+        state, init, size, block = C, INIT_C, size_c, pid
+    else:
+        state, init, size, block = N, INIT_N, size_n, pid - n_blocks_c
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < size
+    first_chunk = tl.load(SEQS + seq)
+    n_seq_chunks = tl.load(SEQS + n_seqs + seq)
+    first_slot = tl.load(SEQS + 2 * n_seqs + seq).to(tl.int64)
+    head_seq = seq.to(tl.int64) * NH + head
+    if HAS_INIT:
+        acc = tl.load(init + head_seq * size + offs, mask=mask, other=0.0)
+    else:
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    if REVERSE:
+        edge = first_slot + n_seq_chunks
+    else:
+        edge = first_slot
+    tl.store(state + (edge * NH + head) * size + offs, acc, mask=mask)
+    if SIG:
+        m = tl.full([], 0.0, tl.float32)
+    elif HAS_INIT and not REVERSE:
+        m = tl.load(INIT_M + head_seq)
+    else:
+        m = tl.full([], float("-inf"), tl.float32)
+    if not REVERSE:
+        tl.store(MSTATE + edge * NH + head, m, mask=pid == 0)
+    for it in range(n_seq_chunks):
+        if REVERSE:
+            j = n_seq_chunks - 1 - it
+            dst = first_slot + j
+        else:
+            j = it
+            dst = first_slot + j + 1
+        g = tl.load(CHUNK_G + (first_chunk + j).to(tl.int64) * NH + head)
+        if SIG:
+            carry = tl.exp(g)
+            scale = 1.0
+        elif REVERSE:
+            m_before = tl.load(MSTATE + (first_slot + j) * NH + head)
+            carry = tl.exp(g + m_before - tl.load(MSTATE + (first_slot + j + 1) * NH + head))
+            scale = 1.0
+        else:
+            local = tl.load(CHUNK_L + (first_chunk + j).to(tl.int64) * NH + head)
+            m_end = tl.maximum(g + m, local)
+            carry = tl.exp(g + m - m_end)
+            scale = tl.exp(local - m_end)
+            m = m_end
+        if not REVERSE:
+            tl.store(MSTATE + dst * NH + head, m, mask=pid == 0)
+        ptrs = state + (dst * NH + head) * size + offs
+        acc = carry * acc + scale * tl.load(ptrs, mask=mask, other=0.0)
+        tl.store(ptrs, acc, mask=mask)
+
+
+def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
+    """The power of two >= x (at least `low`, at most `high`): a block size for x elements."""
+    p = max(low, triton.next_power_of_2(x))
+    return p if high is None else min(p, high)
+
+
+def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_n, init,
+                 a_mult: float, reverse: bool, sig: bool, precision: str, xaug=None, mrows=None) -> None:
+    """Fill out_c (n_slots, NH, DA, DX) and out_n (n_slots, NH, DA) with the states at every chunk boundary.
+
+    Forward (reverse=False): A = k, X = v, init = (C0, n0, m0) or None; also fills mstate (n_slots, NH).
+    Reverse: A = q, X = dnum, xaug = d qn, a_mult = scale, mrows = the forward's row stabilisers, mstate as the
+    forward filled it, init = (dC_last, dn_last, None) or None; gives the state gradients.
+    """
+    NH, S, DA = A.shape[1], A.shape[2], A.shape[3]
+    DX = X.shape[-1]
+    chunk_g = torch.empty(layout.n_chunks, NH, device=A.device, dtype=torch.float32)
+    chunk_l = torch.empty_like(chunk_g)
+    dummy = gb
+    interpret = interpreter_enabled()
+    BA, BX = pow2_block(DA, high=64), pow2_block(DX, high=64 if interpret else 128)
+    BR = pow2_block(chunk_size, high=64)
+    grid = (triton.cdiv(DA, BA) * triton.cdiv(DX, BX), layout.n_chunks, NH)
+    _local_kernel[grid](
+        A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
+        out_c, out_n, chunk_g, chunk_l, layout.chunks, layout.n_chunks, NH, S, DA, DX, a_mult,
+        REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None, PRECISION=precision,
+        BA=BA, BX=BX, BR=BR, BLOCK_L=pow2_block(chunk_size), num_warps=4 if interpret else 8,
+    )
+    init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
+    BLOCK = 1024
+    n_blocks_c = triton.cdiv(DA * DX, BLOCK)
+    _scan_kernel[(n_blocks_c + triton.cdiv(DA, BLOCK), layout.n_seqs, NH)](
+        out_c, out_n, init_c, init_n, init_m, mstate, chunk_g, chunk_l, layout.seqs, layout.n_seqs, NH, DA * DX, DA,
+        n_blocks_c, REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, BLOCK=BLOCK, num_warps=4,
+    )
