@@ -6,7 +6,10 @@ a KV cache of L + 1 slots and attends over all of them. On CUDA both steps are c
 buffers (`rl.inference.GraphedStep`), in bf16; peak memory is measured per case and OOM is recorded as such.
 The state values do not change the work of a step, so the history is a fresh LRAM state and random DT keys/values.
 
-    python benchmarks/lram_latency.py            # GPU: ~158M-param LRAM (24 blocks) vs 12-layer DT, L in {1k, 4k, 8k, 16k, 64k}, B in {1, 16, 128}
+    python benchmarks/lram_latency.py --compile  # GPU: ~160M-param LRAM (24 pre-up blocks) vs 12-layer DT,
+                                                 # L in {1k, 4k, 8k, 16k, 64k}, B in {1, 16, 128}; + compiled steps
+    python benchmarks/lram_latency.py --compile --mlstm-block post_up --blocks 12 \
+        --out benchmarks/results/lram_latency_post_up.json   # the xLSTM-7B block: fewer, fused kernels per step
     python benchmarks/lram_latency.py --quick    # tiny CPU check
 Writes benchmarks/results/lram_latency.json (schema in DESIGN.md) and prints a table.
 """
