@@ -36,7 +36,7 @@ class GraphedStep:
             raise ValueError("GraphedStep needs a concrete state: run one eager step first to create it")
         if not all(v.is_cuda for v in inputs.values()):
             raise ValueError("GraphedStep needs CUDA inputs")
-        self.model, self.state = model, state
+        self.state = state
         self.step_fn = torch.compile(model.step, dynamic=False) if compile else model.step
         self.inputs = {k: v.clone() for k, v in inputs.items()}
         saved = [t.clone() for t in state_tensors(state)]
