@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm
 
-import vision  # noqa: F401  (registers the ViL models with timm)
+# importing vision also registers the ViL models with timm
+from vision.throughput import synthetic_steps
 
 SIZES = ("tiny", "small", "base")
 GIB = 2**30
@@ -55,39 +56,11 @@ def _timed(step: Callable[[], None], warmup: int, iters: int, device: torch.devi
     return seconds, peak
 
 
-def _steps(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device,
-           grad_checkpointing: bool = False, compile: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(inference step, training step) of timm model `name` on a fixed random batch; each call sets eval / train mode
-    first. With `compile` the model runs under torch.compile (default mode)."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, img_size=img, num_classes=1000, **kwargs).to(device)
-    model.set_grad_checkpointing(grad_checkpointing)
-    net = torch.compile(model) if compile else model
-    x = torch.randn(batch, 3, img, img, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-
-    def infer() -> None:
-        model.eval()
-        with torch.inference_mode(), autocast:
-            net(x)
-
-    def train_step() -> None:
-        model.train()
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(net(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return infer, train_step
-
-
 def measure(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, warmup: int, iters: int,
             train: bool = True, grad_checkpointing: bool = False, compile: bool = False) -> dict[str, float]:
     """Images/s and peak memory for inference and (optionally) training of timm model `name`."""
-    infer, train_step = _steps(name, kwargs, img, batch, device, grad_checkpointing, compile)
+    infer, train_step = synthetic_steps(name, kwargs, img, batch, device, grad_checkpointing=grad_checkpointing,
+                                        compile=compile)
     out: dict[str, float] = {}
     seconds, peak = _timed(infer, warmup, iters, device)
     out["infer_img_per_s"] = batch / seconds
@@ -107,7 +80,7 @@ def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for label, step in zip(("inference", "training"), _steps(name, kwargs, img, batch, device)):
+    for label, step in zip(("inference", "training"), synthetic_steps(name, kwargs, img, batch, device)):
         for _ in range(3):
             step()
         _sync(device)

@@ -6,6 +6,7 @@ that runs with 1, 2, ... GPUs show how training scales, not how fast the disk or
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import timm
@@ -15,6 +16,38 @@ from torch.nn.parallel import DistributedDataParallel
 
 import vision  # noqa: F401  (registers the ViL models with timm)
 from vision.distributed import all_reduce_sum, barrier, init_distributed
+
+
+def synthetic_steps(model: str, model_kwargs: dict[str, Any] | None, img_size: int, batch_size: int,
+                    device: torch.device, *, compile: bool = False, grad_checkpointing: bool = False,
+                    distributed: bool = False, amp: bool = True) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(inference step, training step) of timm model `model` on one fixed random batch: forward under
+    inference_mode, or forward + backward + AdamW (fused on CUDA), both under bf16 autocast on GPU. Each call sets
+    eval / train mode first. `distributed` wraps the model in DDP; `compile` runs it under torch.compile."""
+    torch.manual_seed(0)
+    net = timm.create_model(model, img_size=img_size, num_classes=1000, **(model_kwargs or {})).to(device)
+    net.set_grad_checkpointing(grad_checkpointing)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    wrapped = DistributedDataParallel(net) if distributed else net
+    wrapped = torch.compile(wrapped) if compile else wrapped
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    y = torch.randint(0, 1000, (batch_size,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+    def infer() -> None:
+        net.eval()
+        with torch.inference_mode(), autocast:
+            wrapped(x)
+
+    def train_step() -> None:
+        net.train()
+        with autocast:
+            loss = F.cross_entropy(wrapped(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return infer, train_step
 
 
 def training_throughput(model: str, model_kwargs: dict[str, Any] | None = None, img_size: int = 224,
@@ -27,24 +60,8 @@ def training_throughput(model: str, model_kwargs: dict[str, Any] | None = None, 
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"need steps >= 1, warmup >= 0 and batch_size >= 1, got {steps}, {warmup}, {batch_size}")
     info = init_distributed(device)
-    torch.manual_seed(0)
-    net = timm.create_model(model, img_size=img_size, num_classes=1000, **(model_kwargs or {})).to(info.device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    if info.world > 1:
-        net = DistributedDataParallel(net)
-    if compile:
-        net = torch.compile(net)
-    net.train()
-    x = torch.randn(batch_size, 3, img_size, img_size, device=info.device)
-    y = torch.randint(0, 1000, (batch_size,), device=info.device)
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=amp and info.device.type == "cuda")
-
-    def step() -> None:
-        with autocast:
-            loss = F.cross_entropy(net(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    _, step = synthetic_steps(model, model_kwargs, img_size, batch_size, info.device, compile=compile,
+                              distributed=info.world > 1, amp=amp)
 
     def sync() -> None:
         if info.device.type == "cuda":
