@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.synthetic.plots import plot_accuracy_vs_length, plot_scaled_heatmap
+from experiments.synthetic.shard import take_shard
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
     ModelSpec,
@@ -107,13 +108,14 @@ def run_one(cfg: FormalConfig, task_name: str, spec: ModelSpec, seed: int, lr: f
 
 
 def run_formal(cfg: FormalConfig, cache_path: Path | str | None = None, progress: bool = True,
-               train_missing: bool = True) -> pd.DataFrame:
+               train_missing: bool = True, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """All runs (task x model x seed x learning rate), one row each; finished runs are reused from the cache
-    (train_missing=False: report the cached runs only)."""
+    (train_missing=False: report the cached runs only; shard=(i, n): every n-th run from the i-th only)."""
     cache = ResultCache(cache_path)
     shared = {k: v for k, v in asdict(cfg).items() if k not in ("tasks", "models", "lrs", "seeds")}
     jobs = [(task, spec, seed, lr) for task in cfg.tasks for spec in cfg.models for seed in cfg.seeds
             for lr in (spec.lrs or cfg.lrs)]
+    jobs = take_shard(jobs, shard)
     records = []
     for task, spec, seed, lr in tqdm(jobs, desc="formal languages", disable=not progress):
         key = {"task": task, "model": asdict(spec), "seed": seed, "lr": lr, "config": fingerprint(shared)}

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.synthetic.plots import plot_mqar
+from experiments.synthetic.shard import take_shard
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
     ModelSpec,
@@ -80,13 +81,14 @@ def run_one(cfg: MQARConfig, spec: ModelSpec, width: int, setting: list[int], se
 
 
 def run_mqar(cfg: MQARConfig, cache_path: Path | str | None = None, progress: bool = True,
-             train_missing: bool = True) -> pd.DataFrame:
+             train_missing: bool = True, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """All runs (model x width x setting x seed x learning rate), one row each; cached runs are reused
-    (train_missing=False: report the cached runs only)."""
+    (train_missing=False: report the cached runs only; shard=(i, n): every n-th run from the i-th only)."""
     cache = ResultCache(cache_path)
     shared = {k: v for k, v in asdict(cfg).items() if k not in ("models", "widths", "settings", "lrs", "seeds")}
     jobs = [(spec, width, setting, seed, lr) for setting in cfg.settings for width in cfg.widths
             for spec in cfg.models for seed in cfg.seeds for lr in (spec.lrs or cfg.lrs)]
+    jobs = take_shard(jobs, shard)
     records = []
     for spec, width, setting, seed, lr in tqdm(jobs, desc="MQAR", disable=not progress):
         key = {"model": asdict(spec), "width": width, "setting": setting, "seed": seed, "lr": lr,

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.lm import run as lm
 from experiments.synthetic import formal, mqar
+from experiments.synthetic.shard import parse_shard, take_shard
 from xlstm_core.tasks import TrainConfig, evaluate, learning_rate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,35 @@ def test_mqar_training_beats_chance(tmp_path):
     mqar.write_report(runs, cfg, tmp_path)
     assert (tmp_path / "mqar_accuracy_vs_pairs.png").exists() and "| 32 | 2 | 12 |" in (
         tmp_path / "mqar_summary.md").read_text()
+
+
+def test_shards_split_the_runs_and_share_the_cache(tmp_path, monkeypatch):
+    cfg = mqar.MQARConfig(models=["transformer", "lstm"], widths=[16], settings=[[2, 12]], vocab_size=17,
+                          num_heads=2, lrs=[1e-2, 3e-3], val_samples=16, test_samples=16,
+                          train={"steps": 2, "batch_size": 4})
+    cache = tmp_path / "cache.jsonl"
+    shards = [mqar.run_mqar(cfg, cache, progress=False, shard=(i, 3)) for i in range(3)]
+    assert [len(s) for s in shards] == [2, 1, 1]
+    trained = {(r.model, r.lr) for s in shards for r in s.itertuples()}
+    assert trained == {(m, lr) for m in ("Llama", "LSTM") for lr in (1e-2, 3e-3)}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run finished by another shard was trained again")
+
+    monkeypatch.setattr(mqar, "run_one", no_training)
+    assert len(mqar.run_mqar(cfg, cache, progress=False, train_missing=False)) == 4
+    assert len(cache.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "1/0"])
+def test_bad_shard_is_rejected(text):
+    with pytest.raises(ValueError, match="shard"):
+        parse_shard(text)
+
+
+def test_shard_round_robin():
+    assert take_shard(list(range(7)), (1, 3)) == [1, 4] and take_shard([1, 2], None) == [1, 2]
+    assert parse_shard("2/5") == (2, 5) and parse_shard(None) is None
 
 
 def test_lm_run_lowers_validation_loss_on_local_text(tmp_path):

@@ -35,5 +35,6 @@ class ResultCache:
         self._records[self._key(key)] = record
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as f:
-                f.write(json.dumps({"key": self._key(key), "record": record}) + "\n")
+            line = (json.dumps({"key": self._key(key), "record": record}) + "\n").encode()
+            with self.path.open("ab", buffering=0) as f:  # one append-mode write: processes may share the file
+                f.write(line)
