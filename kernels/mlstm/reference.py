@@ -49,9 +49,16 @@ def empty_state(batch: int, heads: int, dqk: int, dv: int, variant: str, device,
 
 
 def _normalise(num: torch.Tensor, qn: torch.Tensor, m: torch.Tensor, variant: str, normalize: bool, eps: float):
-    """Divide the numerator by the clipped normaliser; qn and m carry a trailing singleton dim for broadcasting."""
+    """Divide the numerator by the clipped normaliser; qn and m carry a trailing singleton dim for broadcasting.
+
+    exp: num / (max(|qn|, exp(-m)) + eps). For m < 0 it is evaluated as num e / (max(|qn| e, 1) + eps e) with
+    e = exp(m), the same value, so that exp(-m) never overflows: below m = -88 (fp32) it would be inf, h would still
+    be 0, but the backward pass would multiply 0 by inf and turn the gate gradients into NaN.
+    """
     if variant == "exp":
-        return num / (torch.maximum(qn.abs(), torch.exp(-m)) + eps)
+        e = torch.exp(-m.abs())  # exp(-m) for m >= 0, exp(m) for m < 0; never above 1
+        small_m = num * e / (torch.maximum(qn.abs() * e, torch.ones_like(e)) + eps * e)
+        return torch.where(m < 0, small_m, num / (torch.maximum(qn.abs(), e) + eps))
     if normalize:
         return num / (torch.clamp(qn.abs(), min=1.0) + eps)
     return num

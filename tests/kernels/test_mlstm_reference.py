@@ -141,6 +141,20 @@ def test_extreme_gates_long_sequence_stay_finite(variant):
     assert rel_err(parallel, truth) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("form", ["parallel", "chunkwise", "recurrent"])
+def test_very_negative_input_gates_give_finite_gradients(form):
+    """All input gates below -88 put the stabiliser m below -88, where exp(-m) overflows fp32: h is ~0 and every
+    gradient must stay finite (it was NaN: 0 * inf in the normaliser's backward)."""
+    q, k, v = torch.randn(3, 1, 2, 12, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    i = torch.full((1, 2, 12), -150.0).requires_grad_()
+    f = torch.full((1, 2, 12), 2.0).requires_grad_()
+    h = mlstm(q, k, v, igate=i, fgate=f, variant="exp", form=form, chunk_size=4)
+    assert torch.isfinite(h).all() and h.abs().max() < 1e-30
+    (h.sum() + (q * k).sum()).backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v, i, f))
+
+
 def test_cu_seqlens_equals_separate_sequences():
     lengths = [5, 17, 9]
     parts = [make_inputs(B=1, S=s, seed=s) for s in lengths]
