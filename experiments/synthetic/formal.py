@@ -16,6 +16,7 @@ from experiments.synthetic.plots import plot_accuracy_vs_length, plot_scaled_hea
 from experiments.synthetic.shard import take_shard
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
+    EvalResult,
     ModelSpec,
     ResultCache,
     TrainConfig,
@@ -23,12 +24,13 @@ from xlstm_core.tasks import (
     check_disjoint,
     evaluate,
     fingerprint,
+    format_mean_std,
     make_split,
     make_task,
     markdown_table,
     sample_batch,
     save_table,
-    train,
+    train_unless_diverged,
     valid_lengths,
 )
 
@@ -91,16 +93,18 @@ def run_one(cfg: FormalConfig, task_name: str, spec: ModelSpec, seed: int, lr: f
                         stack={**cfg.stack, **spec.stack})
     train_cfg = TrainConfig(**{**cfg.train, "lr": lr})
     rng = np.random.default_rng(split_seed(task_name, "train", seed))
-    history = train(model, lambda step: sample_batch(task, train_lengths, train_cfg.batch_size, rng, cfg.supervision),
-                    train_cfg, desc=f"{task_name}/{spec.name}/s{seed}/lr{lr:g}", progress=progress)
-    evaluations = {name: evaluate(model, data, cfg.eval_batch_size, train_cfg.device)
+    history, diverged = train_unless_diverged(
+        model, lambda step: sample_batch(task, train_lengths, train_cfg.batch_size, rng, cfg.supervision),
+        train_cfg, desc=f"{task_name}/{spec.name}/s{seed}/lr{lr:g}", progress=progress)
+    evaluations = {name: EvalResult.of_diverged_run(len(data)) if diverged else
+                   evaluate(model, data, cfg.eval_batch_size, train_cfg.device)
                    for name, data in (("iid", iid), ("val", val), ("test", test))}
     by_length = pd.Series(evaluations["test"].row_accuracy.numpy()).groupby(test.lengths.numpy() - 1).mean()
     C = len(task.classes)
     return {
         "task": task_name, "level": task.level, "model": spec.name, "arch": spec.arch, "seed": seed, "lr": lr,
         "params": count_parameters(model), "num_classes": C, "train_loss": history[-1]["train_loss"],
-        "train_seconds": history[-1]["train_seconds"],
+        "train_seconds": history[-1]["train_seconds"], "diverged": diverged,
         **{f"{name}_acc": result.accuracy for name, result in evaluations.items()},
         "test_scaled": scaled(evaluations["test"].accuracy, C),
         "test_by_length": {int(k): float(v) for k, v in by_length.items()},
@@ -139,10 +143,10 @@ def select_best(runs: pd.DataFrame) -> pd.DataFrame:
 def summarize(runs: pd.DataFrame, model_order: list[str], task_order: list[str]) -> pd.DataFrame:
     """Scaled test accuracy 'mean ± std' over seeds: tasks as rows, models as columns."""
     best = select_best(runs)
-    stats = best.groupby(["task", "model"])["test_scaled"].agg(["mean", "std"]).fillna(0.0)
+    stats = best.groupby(["task", "model"])["test_scaled"].agg(["mean", "std"])
     table = pd.DataFrame("n/a", index=pd.Index(task_order, name="task"), columns=model_order, dtype=object)
     for (task, model), row in stats.iterrows():
-        table.loc[task, model] = f"{row['mean']:.2f} ± {row['std']:.2f}"
+        table.loc[task, model] = format_mean_std(row["mean"], row["std"], 2)
     levels = best.drop_duplicates("task").set_index("task")["level"]
     table.insert(0, "level", [levels.get(t, "n/a") for t in task_order])
     return table

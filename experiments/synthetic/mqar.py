@@ -16,17 +16,19 @@ from experiments.synthetic.plots import plot_mqar
 from experiments.synthetic.shard import take_shard
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
-    ModelSpec,
+    EvalResult,
     MQARTask,
+    ModelSpec,
     ResultCache,
     TrainConfig,
     build_model,
     evaluate,
     fingerprint,
+    format_mean_std,
     make_mqar_split,
     markdown_table,
     save_table,
-    train,
+    train_unless_diverged,
 )
 
 
@@ -70,13 +72,15 @@ def run_one(cfg: MQARConfig, spec: ModelSpec, width: int, setting: list[int], se
                         stack={**cfg.stack, **spec.stack})
     train_cfg = TrainConfig(**{**cfg.train, "lr": lr})
     rng = np.random.default_rng(_seed(setting, "train", seed))
-    history = train(model, lambda step: task.sample(train_cfg.batch_size, rng), train_cfg,
-                    desc=f"mqar/{spec.name}/d{width}/kv{pairs}/s{seed}/lr{lr:g}", progress=progress)
-    results = {name: evaluate(model, data, cfg.eval_batch_size, train_cfg.device)
+    history, diverged = train_unless_diverged(model, lambda step: task.sample(train_cfg.batch_size, rng), train_cfg,
+                                              desc=f"mqar/{spec.name}/d{width}/kv{pairs}/s{seed}/lr{lr:g}",
+                                              progress=progress)
+    results = {name: EvalResult.of_diverged_run(len(data)) if diverged else
+               evaluate(model, data, cfg.eval_batch_size, train_cfg.device)
                for name, data in (("val", val), ("test", test))}
     return {"model": spec.name, "arch": spec.arch, "width": width, "num_pairs": pairs, "seq_len": seq_len,
             "seed": seed, "lr": lr, "params": count_parameters(model), "train_loss": history[-1]["train_loss"],
-            "train_seconds": history[-1]["train_seconds"], "val_acc": results["val"].accuracy,
+            "train_seconds": history[-1]["train_seconds"], "diverged": diverged, "val_acc": results["val"].accuracy,
             "test_acc": results["test"].accuracy}
 
 
@@ -112,8 +116,7 @@ def select_best(runs: pd.DataFrame) -> pd.DataFrame:
 def summarize(runs: pd.DataFrame, model_order: list[str]) -> pd.DataFrame:
     """Test recall accuracy 'mean ± std' over seeds: (width, pairs, length) rows, models as columns."""
     stats = select_best(runs).groupby(["width", "num_pairs", "seq_len", "model"])["test_acc"].agg(["mean", "std"])
-    stats = stats.fillna(0.0)
-    text = stats.apply(lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}", axis=1).unstack("model")
+    text = stats.apply(lambda r: format_mean_std(r["mean"], r["std"], 3), axis=1).unstack("model")
     return text.reindex(columns=[m for m in model_order if m in text.columns])
 
 

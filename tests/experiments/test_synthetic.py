@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from experiments.lm import run as lm
 from experiments.synthetic import formal, mqar
 from experiments.synthetic.shard import parse_shard, take_shard
-from xlstm_core.tasks import TrainConfig, evaluate, learning_rate
+from xlstm_core.tasks import TrainConfig, evaluate, learning_rate, training
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,6 +93,25 @@ def test_shards_split_the_runs_and_share_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(mqar, "run_one", no_training)
     assert len(mqar.run_mqar(cfg, cache, progress=False, train_missing=False)) == 4
     assert len(cache.read_text().splitlines()) == 4
+
+
+def test_a_diverged_run_is_recorded_and_the_sweep_goes_on(monkeypatch):
+    real_train = training.train
+
+    def diverge_at_high_lr(model, next_batch, cfg, **kwargs):
+        if cfg.lr > 5e-3:
+            raise FloatingPointError("non-finite loss at step 3")
+        return real_train(model, next_batch, cfg, **kwargs)
+
+    monkeypatch.setattr(training, "train", diverge_at_high_lr)
+    cfg = mqar.MQARConfig(models=["transformer", {"arch": "lstm", "lrs": [1e-2]}], widths=[16], settings=[[2, 12]],
+                          vocab_size=17, num_heads=2, lrs=[1e-2, 3e-3], val_samples=16, test_samples=16,
+                          train={"steps": 2, "batch_size": 4})
+    runs = mqar.run_mqar(cfg, progress=False)
+    assert len(runs) == 3 and runs.diverged.str.contains("step 3").sum() == 2
+    assert runs[runs.diverged != ""].test_acc.isna().all() and runs[runs.diverged == ""].test_acc.notna().all()
+    table = mqar.summarize(runs, ["Llama", "LSTM"])
+    assert table.loc[(16, 2, 12), "LSTM"] == "diverged" and table.loc[(16, 2, 12), "Llama"] != "diverged"
 
 
 @pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "1/0"])

@@ -23,13 +23,14 @@ from xlstm_core.tasks.formal import (
 )
 from xlstm_core.tasks.models import ModelSpec, build_model, parse_ratio, slstm_positions
 from xlstm_core.tasks.mqar import MQARTask, make_mqar_split
-from xlstm_core.tasks.report import markdown_table, save_table
+from xlstm_core.tasks.report import format_mean_std, markdown_table, save_table
 from xlstm_core.tasks.training import (
                                      EvalResult,
                                      TrainConfig,
                                      evaluate,
                                      learning_rate,
                                      train,
+                                     train_unless_diverged,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
                                      "collect_files",
                                      "evaluate",
                                      "fingerprint",
+                                     "format_mean_std",
                                      "learning_rate",
                                      "load_corpus",
                                      "make_mqar_split",
@@ -61,5 +63,6 @@ __all__ = [
                                      "save_table",
                                      "slstm_positions",
                                      "train",
+                                     "train_unless_diverged",
                                      "valid_lengths",
 ]

@@ -6,6 +6,13 @@ from pathlib import Path
 import pandas as pd
 
 
+def format_mean_std(mean: float, std: float, digits: int) -> str:
+    """'mean ± std' for a table cell; a NaN std (one seed) reads 0 and a NaN mean (every run diverged) 'diverged'."""
+    if pd.isna(mean):
+        return "diverged"
+    return f"{mean:.{digits}f} ± {0.0 if pd.isna(std) else std:.{digits}f}"
+
+
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     """A GitHub Markdown table of df (index included when it is named); floats rounded to `digits`."""
     table = df.reset_index() if any(name is not None for name in df.index.names) else df

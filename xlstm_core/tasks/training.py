@@ -66,6 +66,11 @@ class EvalResult:
     accuracy: float
     row_accuracy: torch.Tensor  # (N,) fraction of each row's scored positions that were right
 
+    @classmethod
+    def of_diverged_run(cls, rows: int) -> "EvalResult":
+        """NaN everywhere: the result of a run whose training loss became non-finite (it has no usable model)."""
+        return cls(math.nan, math.nan, torch.full((rows,), math.nan))
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TaskBatch, batch_size: int = 256, device: str = "cpu") -> EvalResult:
@@ -136,3 +141,15 @@ def train(model: nn.Module, next_batch: Callable[[int], TaskBatch], cfg: TrainCo
             bar.set_postfix(loss=f"{row['train_loss']:.3f}")
             loss_sum, loss_count = 0.0, 0
     return history
+
+
+def train_unless_diverged(model: nn.Module, next_batch: Callable[[int], TaskBatch], cfg: TrainConfig,
+                          desc: str = "train", progress: bool = True) -> tuple[list[dict[str, float]], str]:
+    """`train`, where a non-finite loss ends this run rather than the whole sweep around it.
+
+    Returns (history, "") or, for a diverged run, ([{train_loss: nan, train_seconds: nan}], the error message).
+    """
+    try:
+        return train(model, next_batch, cfg, desc=desc, progress=progress), ""
+    except FloatingPointError as error:
+        return [{"train_loss": math.nan, "train_seconds": math.nan}], str(error)
