@@ -38,6 +38,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, target)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if any: torchrun warns about (and may leak) groups still open at exit."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     """Sum a few scalars over all ranks (returns them unchanged for a single process)."""
     if info.world == 1:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vision.compare import compare, markdown_table, summarize
 from vision.complexity import describe
+from vision.distributed import shutdown_distributed
 from vision.embedded import build_digits_folder
 from vision.throughput import training_throughput
 from vision.train import TrainConfig, train
@@ -34,6 +35,14 @@ def _train_config(cfg: DictConfig) -> TrainConfig:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    finally:
+        shutdown_distributed()
+
+
+def run(cfg: DictConfig) -> None:
+    """The mode's work (see the module docstring); torchrun's process group, if any, is left by main."""
     torch.set_num_threads(cfg.threads)
     mode = cfg.mode if cfg.mode != "auto" else ("model" if cfg.model else "compare")
     if mode == "model":
