@@ -6,6 +6,8 @@ SDPA flash causal attention at the same token count (head dim 256 for q, k and v
 our PyTorch chunkwise reference (`ours:torch`, S <= 8192), and fla's `chunk_simple_gla` when it imports. On CUDA:
 
     python -m benchmarks.mlstm_kernels --out benchmarks/results/mlstm_kernels.json [--cases tfla tok64k-S8192]
+    python -m benchmarks.mlstm_kernels --tiles --cases tok64k-S65536 --chunk-sizes 256 --impls ours:triton \
+        --out benchmarks/results/mlstm_tiles.json   # the tile sweep behind the pinned configs
 
 "fwd" is inference (no graph kept), "fwd+bwd" forward plus backward w.r.t. all inputs. Rows also carry achieved
 TFLOP/s (model FLOPs: causal in-chunk products + state terms, backward counted as twice the forward) and the fraction
@@ -148,10 +150,82 @@ def profile_case(cfg, chunk_size, variant="exp"):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=40))
 
 
+def _config_name(config) -> str:
+    tiles = "x".join(f"{k}{v}" for k, v in config.kwargs.items())
+    return f"{tiles}/w{config.num_warps}/s{config.num_stages}"
+
+
+def sweep_tiles(cfg, chunk_size, repeats=5):
+    """Every tile config of the intra and local kernels, per launch case: device time (CUDA events around each
+    launch, median over `repeats` exp fwd+bwd runs), ptxas registers and spills, and the largest relative error of
+    h and the gradients against the first config. Pins each case's fastest config, then returns the rows."""
+    from kernels.mlstm.chunk_states_triton import LOCAL_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_TILES
+
+    rel_err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
+    grad = torch.randn_like(leaves[2])
+
+    def step():
+        q, k, v, i, f = leaves
+        h = mlstm(q, k, v, igate=i, fgate=f, chunk_size=chunk_size, backend="triton")
+        return [h.detach(), *torch.autograd.grad(h, leaves, grad)]
+
+    rows, first = [], None
+    for name, choice in (("intra", INTRA_TILES), ("local", LOCAL_TILES)):
+        before, original, records = dict(choice.pinned), choice.launch, []
+
+        def timed(case, grid, *args, original=original, records=records, **kwargs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            kernel = original(case, grid, *args, **kwargs)
+            end.record()
+            records.append((case, start, end, kernel))
+            return kernel
+
+        best = {}
+        for index, config in enumerate(choice.configs):
+            choice.pinned = dict.fromkeys(before, index)
+            choice.launch = original
+            try:
+                outs = step()
+            except Exception as err:  # noqa: BLE001 (a config that does not compile or fit is reported, not fatal)
+                print(f"{name} {_config_name(config)} failed: {type(err).__name__}: {str(err)[:200]}")
+                continue
+            first = first if first is not None else outs
+            err = max(rel_err(a, b) for a, b in zip(outs, first))
+            choice.launch = timed
+            records.clear()
+            for _ in range(repeats):
+                step()
+            torch.cuda.synchronize()
+            choice.launch = original
+            for case in before:
+                hits = [r for r in records if r[0] == case]
+                if not hits:
+                    continue
+                times = sorted(s.elapsed_time(e) for _, s, e, _ in hits)
+                ms, kernel = times[len(times) // 2], hits[0][3]
+                rows.append(dict(impl="ours:triton", case=f"{name}:{case}", metric="kernel_time", value=round(ms, 4),
+                                 unit="ms", config=_config_name(config), n_regs=kernel.n_regs,
+                                 n_spills=kernel.n_spills, max_rel_err_vs_first=round(err, 5)))
+                if case not in best or ms < best[case][1]:
+                    best[case] = (index, ms)
+        choice.pinned = {**before, **{case: index for case, (index, _) in best.items()}}  # cases not run keep theirs
+        print(f"{name}: fastest per case {choice.pinned}")
+    print(f"{'kernel:case':14} {'config':32} {'ms':>8} {'regs':>5} {'spills':>6} {'err vs first':>12}")
+    for r in rows:
+        print(f"{r['case']:14} {r['config']:32} {r['value']:8.3f} {r['n_regs']:5d} {r['n_spills']:6d} "
+              f"{r['max_rel_err_vs_first']:12.2e}")
+    return rows
+
+
 def print_table(rows):
     wanted = ("fwd_time", "fwd+bwd_time", "fwd+bwd_peak_mem", "fwd_frac_bf16_peak", "fwd+bwd_frac_bf16_peak")
     table = {}
     for r in rows:
+        if r["metric"] not in wanted:
+            continue
         key = (r["case"], r["impl"], r.get("variant", "-"), r.get("chunk_size", "-"))
         table.setdefault(key, {})[r["metric"]] = r["value"]
     print(f"{'case':16} {'impl':22} {'var':4} {'L':>4} " + " ".join(f"{w:>22}" for w in wanted))
@@ -165,6 +239,9 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--chunk-sizes", nargs="*", type=int, default=[128, 256])
     parser.add_argument("--profile", action="store_true", help="print per-kernel times of the first case and exit")
+    parser.add_argument("--tiles", action="store_true",
+                        help="sweep the tile configs on the first case (exp, last chunk size), pin the fastest, then "
+                             "benchmark ours with them")
     parser.add_argument("--impls", nargs="*", default=["ours:triton", "ours:torch", "sdpa_flash",
                                                        "fla_chunk_simple_gla"])
     args = parser.parse_args(argv)
@@ -174,6 +251,8 @@ def main(argv=None):
         return profile_case(CASES[args.cases[0]], args.chunk_sizes[-1])
     peak = _matmul_peak_tflops()
     rows = [dict(impl="torch_matmul_bf16", case="8192^3", metric="tflops", value=round(peak, 1), unit="TFLOP/s")]
+    if args.tiles:
+        rows += sweep_tiles(CASES[args.cases[0]], args.chunk_sizes[-1])
     if importlib.util.find_spec("fla") is None:
         print("fla (flash-linear-attention) is not installed here: no chunk_simple_gla rows")
     path = pathlib.Path(args.out)

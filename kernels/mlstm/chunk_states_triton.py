@@ -9,9 +9,10 @@ All chunks' local terms are independent matrix products (`_local_kernel`, one pr
 the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order, which
 makes it bound by memory bandwidth rather than by the latency of dependent matrix products.
 
-States live in the slots of kernels/mlstm/chunk_layout.py. The local kernel writes each chunk's term into the slot
-the scan will overwrite with the result (forward: the state after the chunk; reverse: the gradient before it), so
-no extra buffer is needed.
+States live in the slots of kernels/mlstm/chunk_layout.py. The local kernel writes each chunk's term in fp32 into
+the slot of the state it feeds (forward: the state after the chunk; reverse: the gradient before it); the scan reads
+it there and writes the carried state to a copy in the inputs' dtype, which is what the intra kernel reads (bf16
+inputs: half the bytes), and in fp32 only where the walk ends (the last state, or the initial state's gradient).
 """
 from __future__ import annotations
 
@@ -19,17 +20,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout
+from kernels.mlstm.tiles_triton import TileChoice
 
 
 @triton.jit
 def _local_kernel(
-    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, n_chunks, NH, S, DA, DX, a_mult,
-    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr, PRECISION: tl.constexpr,
-    BA: tl.constexpr, BX: tl.constexpr, BR: tl.constexpr, BLOCK_L: tl.constexpr,
+    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, n_chunks, NH, S, a_mult,
+    DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr, BR: tl.constexpr,
 ):
-    """One (BA x BX) tile of one chunk's local term, plus its share of the vector term and the chunk's scalars."""
+    """One (BA x BX) tile of one chunk's local term, plus its share of the vector term and the chunk's scalars.
+
+    A is read transposed straight from memory and the per-row weights scale the X operand, so neither matrix
+    operand is transposed or rescaled in registers on its way to the product.
+    """
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     head = tl.program_id(2)
@@ -43,7 +48,9 @@ def _local_kernel(
     length = tl.load(CHUNKS + 2 * n_chunks + chunk)
     slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
     tok0 = (row.to(tl.int64) * NH + head) * S + start
-    g = tl.load(GB + tok0 + length - 1)
+    # the chunk's own base pointers keep every tile offset below in 32 bits
+    a_ptr, x_ptr, gb_ptr, gli_ptr = A + tok0 * DA, X + tok0 * DX, GB + tok0, GLI + tok0
+    g = tl.load(gb_ptr + length - 1)
     scalar = chunk.to(tl.int64) * NH + head
     tl.store(CHUNK_G + scalar, g, mask=pid == 0)
     if REVERSE:
@@ -59,8 +66,8 @@ def _local_kernel(
         else:
             offs_l = tl.arange(0, BLOCK_L)
             mask_l = offs_l < length
-            val = g - tl.load(GB + tok0 + offs_l, mask=mask_l, other=0.0) + tl.load(GLI + tok0 + offs_l, mask=mask_l,
-                                                                                   other=0.0)
+            val = g - tl.load(gb_ptr + offs_l, mask=mask_l, other=0.0) + tl.load(gli_ptr + offs_l, mask=mask_l,
+                                                                                 other=0.0)
             local = tl.max(tl.where(mask_l, val, float("-inf")), axis=0)
             tl.store(CHUNK_L + scalar, local, mask=pid == 0)
     acc = tl.zeros((BA, BX), dtype=tl.float32)
@@ -68,24 +75,23 @@ def _local_kernel(
     for r0 in range(0, length, BR):
         offs_r = r0 + tl.arange(0, BR)
         mask_r = offs_r < length
-        b = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
+        b = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
         if REVERSE:
             if SIG:
                 w = tl.exp(b)
             else:
                 w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0))
         else:
-            w = tl.exp(g - b + tl.load(GLI + tok0 + offs_r, mask=mask_r, other=0.0) - local)
+            w = tl.exp(g - b + tl.load(gli_ptr + offs_r, mask=mask_r, other=0.0) - local)
         w = tl.where(mask_r, w * a_mult, 0.0)
-        a = tl.load(A + (tok0 + offs_r)[:, None] * DA + offs_a[None, :], mask=mask_r[:, None] & mask_a[None, :],
-                    other=0.0)
-        xb = tl.load(X + (tok0 + offs_r)[:, None] * DX + offs_x[None, :], mask=mask_r[:, None] & mask_x[None, :],
+        a_t = tl.load(a_ptr + offs_r[None, :] * DA + offs_a[:, None], mask=mask_a[:, None] & mask_r[None, :],
+                      other=0.0)
+        xb = tl.load(x_ptr + offs_r[:, None] * DX + offs_x[None, :], mask=mask_r[:, None] & mask_x[None, :],
                      other=0.0)
-        aw = a.to(tl.float32) * w[:, None]
-        acc += tl.dot(tl.trans(aw.to(xb.dtype)), xb, input_precision=PRECISION)
+        acc = tl.dot(a_t, (xb.to(tl.float32) * w[:, None]).to(xb.dtype), acc, input_precision=PRECISION)
         if HAS_XAUG:
-            aw = aw * tl.load(XAUG + tok0 + offs_r, mask=mask_r, other=0.0)[:, None]
-        vec += tl.sum(aw, axis=0)
+            w = w * tl.load(XAUG + tok0 + offs_r, mask=mask_r, other=0.0)
+        vec += tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
     tl.store(OUT_C + out * DA * DX + offs_a[:, None] * DX + offs_x[None, :], acc,
              mask=mask_a[:, None] & mask_x[None, :])
     tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & (pid % n_xt == 0))
@@ -93,42 +99,40 @@ def _local_kernel(
 
 @triton.jit
 def _scan_kernel(
-    C, N, INIT_C, INIT_N, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size_c, size_n, n_blocks_c,
-    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
+    STATE, LOW, INIT, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size,
+    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_M: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One block of the flattened matrix (or vector) state of one sequence and head, carried across its chunks.
 
-    Forward, the first program of each sequence and head also writes the stabiliser m of every slot.
+    STATE holds each chunk's local term on entry. The carried state goes to LOW (in LOW's dtype) at every slot and,
+    in fp32, to STATE at the slot where the walk ends. With WRITE_M (forward) the first program of each sequence
+    and head also writes the stabiliser m of every slot.
     """
     pid = tl.program_id(0)
     seq = tl.program_id(1)
     head = tl.program_id(2)
-    if pid < n_blocks_c:
-        state, init, size, block = C, INIT_C, size_c, pid
-    else:
-        state, init, size, block = N, INIT_N, size_n, pid - n_blocks_c
-    offs = block * BLOCK + tl.arange(0, BLOCK)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < size
     first_chunk = tl.load(SEQS + seq)
     n_seq_chunks = tl.load(SEQS + n_seqs + seq)
     first_slot = tl.load(SEQS + 2 * n_seqs + seq).to(tl.int64)
     head_seq = seq.to(tl.int64) * NH + head
     if HAS_INIT:
-        acc = tl.load(init + head_seq * size + offs, mask=mask, other=0.0)
+        acc = tl.load(INIT + head_seq * size + offs, mask=mask, other=0.0)
     else:
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
     if REVERSE:
-        edge = first_slot + n_seq_chunks
+        edge, end = first_slot + n_seq_chunks, first_slot
     else:
-        edge = first_slot
-    tl.store(state + (edge * NH + head) * size + offs, acc, mask=mask)
+        edge, end = first_slot, first_slot + n_seq_chunks
+    tl.store(LOW + (edge * NH + head) * size + offs, acc.to(LOW.dtype.element_ty), mask=mask)
     if SIG:
         m = tl.full([], 0.0, tl.float32)
     elif HAS_INIT and not REVERSE:
         m = tl.load(INIT_M + head_seq)
     else:
         m = tl.full([], float("-inf"), tl.float32)
-    if not REVERSE:
+    if WRITE_M:
         tl.store(MSTATE + edge * NH + head, m, mask=pid == 0)
     for it in range(n_seq_chunks):
         if REVERSE:
@@ -151,11 +155,11 @@ def _scan_kernel(
             carry = tl.exp(g + m - m_end)
             scale = tl.exp(local - m_end)
             m = m_end
-        if not REVERSE:
+        if WRITE_M:
             tl.store(MSTATE + dst * NH + head, m, mask=pid == 0)
-        ptrs = state + (dst * NH + head) * size + offs
-        acc = carry * acc + scale * tl.load(ptrs, mask=mask, other=0.0)
-        tl.store(ptrs, acc, mask=mask)
+        acc = carry * acc + scale * tl.load(STATE + (dst * NH + head) * size + offs, mask=mask, other=0.0)
+        tl.store(LOW + (dst * NH + head) * size + offs, acc.to(LOW.dtype.element_ty), mask=mask)
+    tl.store(STATE + (end * NH + head) * size + offs, acc, mask=mask)
 
 
 def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
@@ -164,10 +168,34 @@ def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
     return p if high is None else min(p, high)
 
 
-def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_n, init,
-                 a_mult: float, reverse: bool, sig: bool, precision: str, xaug=None, mrows=None) -> None:
-    """Fill out_c (n_slots, NH, DA, DX) and out_n (n_slots, NH, DA) with the states at every chunk boundary.
+def _local_tiles() -> TileChoice:
+    """The local kernel's tiles (BA x BX of the state, BR rows per step), pinned from the H100 sweep at DHQK=256,
+    DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json)."""
+    conf = lambda ba, bx, br, warps, stages: triton.Config({"BA": ba, "BX": bx, "BR": br}, num_warps=warps,
+                                                           num_stages=stages)
+    configs = [conf(64, 128, 64, 4, 3), conf(64, 256, 64, 8, 2), conf(64, 128, 128, 8, 2), conf(128, 64, 64, 4, 3)]
+    return TileChoice(_local_kernel, configs, pinned={"fwd": 0, "rev": 0}, small=conf(32, 32, 64, 4, 1),
+                      key=["DA", "DX", "REVERSE", "SIG", "HAS_XAUG"])
 
+
+LOCAL_TILES = _local_tiles()
+
+
+def state_buffers(n_slots: int, NH: int, DA: int, DX: int, dtype: torch.dtype, device) -> tuple:
+    """(out_c, out_low, out_n) for `chunk_states`: fp32 work space, the states in the inputs' dtype (the same tensor
+    as out_c for fp32 inputs), fp32 vector states."""
+    out_c = torch.empty(n_slots, NH, DA, DX, device=device, dtype=torch.float32)
+    out_low = out_c if dtype == torch.float32 else torch.empty_like(out_c, dtype=dtype)
+    return out_c, out_low, torch.empty(n_slots, NH, DA, device=device, dtype=torch.float32)
+
+
+def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_low, out_n, init,
+                 a_mult: float, reverse: bool, sig: bool, precision: str, xaug=None, mrows=None) -> None:
+    """Fill out_low (n_slots, NH, DA, DX) and out_n (n_slots, NH, DA) with the states at every chunk boundary.
+
+    out_c (fp32, same shape as out_low, may be out_low itself) is work space for the chunks' local terms; on return
+    it holds the fp32 state at the slot where the walk ends (forward: each sequence's last slot, reverse: its first).
+    out_low may have a lower precision (the inputs' dtype): the intra kernel reads it, and it is half the bytes.
     Forward (reverse=False): A = k, X = v, init = (C0, n0, m0) or None; also fills mstate (n_slots, NH).
     Reverse: A = q, X = dnum, xaug = d qn, a_mult = scale, mrows = the forward's row stabilisers, mstate as the
     forward filled it, init = (dC_last, dn_last, None) or None; gives the state gradients.
@@ -177,20 +205,22 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
     chunk_g = torch.empty(layout.n_chunks, NH, device=A.device, dtype=torch.float32)
     chunk_l = torch.empty_like(chunk_g)
     dummy = gb
-    interpret = interpreter_enabled()
-    BA, BX = pow2_block(DA, high=64), pow2_block(DX, high=64 if interpret else 128)
-    BR = pow2_block(chunk_size, high=64)
-    grid = (triton.cdiv(DA, BA) * triton.cdiv(DX, BX), layout.n_chunks, NH)
-    _local_kernel[grid](
+
+    def grid(meta):
+        return (triton.cdiv(DA, meta["BA"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
+
+    LOCAL_TILES.launch(
+        "rev" if reverse else "fwd", grid,
         A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
-        out_c, out_n, chunk_g, chunk_l, layout.chunks, layout.n_chunks, NH, S, DA, DX, a_mult,
-        REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None, PRECISION=precision,
-        BA=BA, BX=BX, BR=BR, BLOCK_L=pow2_block(chunk_size), num_warps=4 if interpret else 8,
+        out_c, out_n, chunk_g, chunk_l, layout.chunks, layout.n_chunks, NH, S, a_mult,
+        DA=DA, DX=DX, REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None, PRECISION=precision,
+        BLOCK_L=pow2_block(chunk_size),
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
     BLOCK = 1024
-    n_blocks_c = triton.cdiv(DA * DX, BLOCK)
-    _scan_kernel[(n_blocks_c + triton.cdiv(DA, BLOCK), layout.n_seqs, NH)](
-        out_c, out_n, init_c, init_n, init_m, mstate, chunk_g, chunk_l, layout.seqs, layout.n_seqs, NH, DA * DX, DA,
-        n_blocks_c, REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, BLOCK=BLOCK, num_warps=4,
-    )
+    for state, low, init_x, size in ((out_c, out_low, init_c, DA * DX), (out_n, out_n, init_n, DA)):
+        _scan_kernel[(triton.cdiv(size, BLOCK), layout.n_seqs, NH)](
+            state, low, init_x, init_m, mstate, chunk_g, chunk_l, layout.seqs, layout.n_seqs, NH, size,
+            REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, WRITE_M=not reverse and state is out_n, BLOCK=BLOCK,
+            num_warps=4,
+        )

@@ -6,8 +6,10 @@ Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). For
      from a parallel per-chunk product and an elementwise scan across the chunks.
   3. `_intra_kernel`: every output tile (rows of one chunk x a block of DHV) from the causal in-chunk product, tiled
      along the chunk (second level of sequence parallelism) and along DHQK, plus the boundary state's contribution.
-Backward re-runs 1-2, walks the chunks in reverse for the state gradients (same two kernels) and gets dq, dk, dv
-from the same intra kernel in three more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv).
+Backward reuses the forward's gates and boundary states (kept in the inputs' dtype: for bf16, (S / L + 1) * NH *
+DHQK * DHV * 2 bytes per sequence between forward and backward, e.g. 0.54 GB at S = 65,536, NH = 8, DHQK = 256,
+DHV = 512, L = 256), walks the chunks in reverse for the state gradients (same two kernels) and gets dq, dk, dv from
+the same intra kernel in three more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv).
 
 Every product the kernels form has one shape:
   out[r] = sigma_x * sum_j ((A_r . B_j) * sigma_ab + a_r * b_j) * W(r, j) * X_j
@@ -22,11 +24,9 @@ gradients follow from dq, dk: d log i_s = k_s . dk_s and d log f_r = sum over t 
 For the sig variant a given initial state with m != 0 is folded into (C, n) as exp(m) * (C, n); its last state has
 m = 0.
 
-On CUDA the intra kernel is autotuned over a few tile configs; KERNELS_TRITON_AUTOTUNE=0 uses the first.
+Tiles: each launch uses the config its mode pins (kernels/mlstm/tiles_triton.py); KERNELS_TRITON_AUTOTUNE=1 autotunes.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,9 @@ import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
-from kernels.mlstm.chunk_states_triton import chunk_states
+from kernels.mlstm.chunk_states_triton import chunk_states, state_buffers
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
+from kernels.mlstm.tiles_triton import TileChoice
 
 MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -68,14 +69,27 @@ def _gate_kernel(IG, FG, GB, GLI, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BL
 
 
 @triton.jit
+def _load_rows(ptr, offs_r, mask_r, d0, offs_d, D):
+    """Rows offs_r, columns d0 + offs_d of a row-major (rows, D) block that starts at ptr (32-bit tile offsets)."""
+    dd = d0 + offs_d
+    return tl.load(ptr + offs_r[:, None] * D + dd[None, :], mask=mask_r[:, None] & (dd < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _intra_kernel(
     A, BM, X, OUT, STM, STV, AUG, R, RDOT, GB, GLI, MROWS, QN, MSTATE, CHUNKS,
-    n_chunks, NH, S, DA, DX, stride_ma, stride_mx, rdot_stride, sigma_ab, sigma_x, sigma_m, eps,
-    REVERSE: tl.constexpr, FWD: tl.constexpr, AUG_MODE: tl.constexpr, ROWDOT: tl.constexpr,
-    SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
-    BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr, BD: tl.constexpr,
+    n_chunks, NH, S, stride_ma, stride_mx, rdot_stride, sigma_ab, sigma_x, sigma_m, eps,
+    DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr, AUG_MODE: tl.constexpr,
+    ROWDOT: tl.constexpr, SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BD: tl.constexpr, BK: tl.constexpr,
+    BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr,
 ):
-    """One (BR rows x BX columns) output tile of one chunk and head; see the module docstring for the product."""
+    """One (BR rows x BX columns) output tile of one chunk and head; see the module docstring for the product.
+
+    The row operand A is read in slices of BD columns for the scores; when one slice covers DA (BD >= DA) it is
+    loaded once and stays resident for every column block. The boundary-state product runs first, in slices of BK,
+    into the one accumulator that the in-chunk product then adds to.
+    """
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     head = tl.program_id(2)
@@ -89,13 +103,15 @@ def _intra_kernel(
     start = tl.load(CHUNKS + n_chunks + chunk)
     slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
     tok0 = (row.to(tl.int64) * NH + head) * S + start
+    # the chunk's own base pointers keep every tile offset below in 32 bits
+    a_ptr, bm_ptr, x_ptr, out_ptr = A + tok0 * DA, BM + tok0 * DA, X + tok0 * DX, OUT + tok0 * DX
+    gb_ptr, gli_ptr, mrows_ptr = GB + tok0, GLI + tok0, MROWS + tok0
     offs_r = r0 + tl.arange(0, BR)
     mask_r = offs_r < length
     offs_x = xt * BX + tl.arange(0, BX)
     mask_x = offs_x < DX
-    offs_d = tl.arange(0, BD)
-    b_r = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
-    li_r = tl.load(GLI + tok0 + offs_r, mask=mask_r, other=0.0)
+    b_r = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
+    li_r = tl.load(gli_ptr + offs_r, mask=mask_r, other=0.0)
     if REVERSE:
         state = (slot + 1) * NH + head  # columns t >= s: the state after the chunk, fed by the rows s
     else:
@@ -106,7 +122,7 @@ def _intra_kernel(
         m_state = tl.load(MSTATE + state)
 
     if REVERSE:
-        g = tl.load(GB + tok0 + length - 1)
+        g = tl.load(gb_ptr + length - 1)
         rho = tl.exp(g - b_r + li_r - m_state)
         j_lo = r0
         j_hi = length
@@ -121,81 +137,87 @@ def _intra_kernel(
             for j0 in range(0, j_hi, BJ):
                 offs_j = j0 + tl.arange(0, BJ)
                 mask_j = offs_j < j_hi
-                val = tl.load(GLI + tok0 + offs_j, mask=mask_j, other=0.0) - tl.load(
-                    GB + tok0 + offs_j, mask=mask_j, other=0.0)
+                val = tl.load(gli_ptr + offs_j, mask=mask_j, other=0.0) - tl.load(gb_ptr + offs_j, mask=mask_j,
+                                                                                  other=0.0)
                 ok = (offs_j[None, :] <= offs_r[:, None]) & mask_j[None, :]
                 run = tl.maximum(run, tl.max(tl.where(ok, val[None, :], float("-inf")), axis=1))
             m_r = tl.where(mask_r, b_r + tl.maximum(run, m_state), 0.0)
         else:
-            m_r = tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0)
+            m_r = tl.load(mrows_ptr + offs_r, mask=mask_r, other=0.0)
         rho = tl.exp(b_r + m_state - m_r)
     rho = tl.where(mask_r, rho, 0.0)
-
     if AUG_MODE == 1:
         aug_r = tl.load(AUG + tok0 + offs_r, mask=mask_r, other=0.0)
+
+    # boundary state: acc = rho * sigma_m * (A @ M + a * U)
+    offs_k = tl.arange(0, BK)
     acc = tl.zeros((BR, BX), dtype=tl.float32)
+    qn_state = tl.zeros((BR,), dtype=tl.float32)
+    m_ptr = STM + state * DA * DX
+    for k0 in range(0, DA, BK):
+        kk = k0 + offs_k
+        mk = kk < DA
+        a = _load_rows(a_ptr, offs_r, mask_r, k0, offs_k, DA)
+        mt = tl.load(m_ptr + kk[:, None] * stride_ma + offs_x[None, :] * stride_mx, mask=mk[:, None] & mask_x[None, :],
+                     other=0.0)
+        acc = tl.dot(a, mt.to(a.dtype), acc, input_precision=PRECISION)
+        if FWD:
+            nv = tl.load(STV + state * DA + kk, mask=mk, other=0.0)
+            qn_state += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
+    if AUG_MODE != 0:
+        u = tl.load(STV + state * DX + offs_x, mask=mask_x, other=0.0)
+        if AUG_MODE == 1:
+            acc += aug_r[:, None] * u[None, :]
+        else:
+            acc += u[None, :]
+    acc = acc * (rho * sigma_m)[:, None]
+
+    # in-chunk causal product, sigma_x folded into the weights
+    offs_d = tl.arange(0, BD)
+    if BD >= DA:
+        a_res = _load_rows(a_ptr, offs_r, mask_r, 0, offs_d, DA)
     qn = tl.zeros((BR,), dtype=tl.float32)
     for j0 in range(j_lo, j_hi, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < j_hi
-        scores = tl.zeros((BR, BJ), dtype=tl.float32)
-        for d0 in range(0, DA, BD):
-            dd = d0 + offs_d
-            md = dd < DA
-            a = tl.load(A + (tok0 + offs_r)[:, None] * DA + dd[None, :], mask=mask_r[:, None] & md[None, :], other=0.0)
-            bm = tl.load(BM + (tok0 + offs_j)[:, None] * DA + dd[None, :], mask=mask_j[:, None] & md[None, :],
-                         other=0.0)
-            scores += tl.dot(a, tl.trans(bm), input_precision=PRECISION)
+        if BD >= DA:
+            scores = tl.dot(a_res, tl.trans(_load_rows(bm_ptr, offs_j, mask_j, 0, offs_d, DA)),
+                            input_precision=PRECISION)
+        else:
+            scores = tl.zeros((BR, BJ), dtype=tl.float32)
+            for d0 in range(0, DA, BD):
+                a = _load_rows(a_ptr, offs_r, mask_r, d0, offs_d, DA)
+                bm = _load_rows(bm_ptr, offs_j, mask_j, d0, offs_d, DA)
+                scores = tl.dot(a, tl.trans(bm), scores, input_precision=PRECISION)
         scores = scores * sigma_ab
         if AUG_MODE == 1:
             scores += aug_r[:, None]
         if AUG_MODE == 2:
             scores += tl.load(AUG + tok0 + offs_j, mask=mask_j, other=0.0)[None, :]
-        b_j = tl.load(GB + tok0 + offs_j, mask=mask_j, other=0.0)
+        b_j = tl.load(gb_ptr + offs_j, mask=mask_j, other=0.0)
         if REVERSE:
             if SIG:
                 log_w = b_j[None, :] - b_r[:, None] + li_r[:, None]
             else:
-                m_j = tl.load(MROWS + tok0 + offs_j, mask=mask_j, other=0.0)
+                m_j = tl.load(mrows_ptr + offs_j, mask=mask_j, other=0.0)
                 log_w = b_j[None, :] - b_r[:, None] + li_r[:, None] - m_j[None, :]
             ok = offs_j[None, :] >= offs_r[:, None]
         else:
-            li_j = tl.load(GLI + tok0 + offs_j, mask=mask_j, other=0.0)
+            li_j = tl.load(gli_ptr + offs_j, mask=mask_j, other=0.0)
             log_w = b_r[:, None] - b_j[None, :] + li_j[None, :] - m_r[:, None]
             ok = offs_j[None, :] <= offs_r[:, None]
         ok = ok & mask_r[:, None] & mask_j[None, :]
-        p = tl.where(ok, scores * tl.exp(log_w), 0.0)
+        p = tl.where(ok, scores * (tl.exp(log_w) * sigma_x), 0.0)
         if FWD:
             qn += tl.sum(p, axis=1)
-        xb = tl.load(X + (tok0 + offs_j)[:, None] * DX + offs_x[None, :], mask=mask_j[:, None] & mask_x[None, :],
+        xb = tl.load(x_ptr + offs_j[:, None] * DX + offs_x[None, :], mask=mask_j[:, None] & mask_x[None, :],
                      other=0.0)
-        acc += tl.dot(p.to(xb.dtype), xb, input_precision=PRECISION)
-    acc = acc * sigma_x
+        acc = tl.dot(p.to(xb.dtype), xb, acc, input_precision=PRECISION)
 
-    st = tl.zeros((BR, BX), dtype=tl.float32)
-    qn_state = tl.zeros((BR,), dtype=tl.float32)
-    for d0 in range(0, DA, BD):
-        dd = d0 + offs_d
-        md = dd < DA
-        a = tl.load(A + (tok0 + offs_r)[:, None] * DA + dd[None, :], mask=mask_r[:, None] & md[None, :], other=0.0)
-        mt = tl.load(STM + state * DA * DX + dd[:, None] * stride_ma + offs_x[None, :] * stride_mx,
-                     mask=md[:, None] & mask_x[None, :], other=0.0)
-        st += tl.dot(a, mt.to(a.dtype), input_precision=PRECISION)
-        if FWD:
-            nv = tl.load(STV + state * DA + dd, mask=md, other=0.0)
-            qn_state += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
-    if AUG_MODE != 0:
-        u = tl.load(STV + state * DX + offs_x, mask=mask_x, other=0.0)
-        if AUG_MODE == 1:
-            st += aug_r[:, None] * u[None, :]
-        else:
-            st += u[None, :]
-    acc += (rho * sigma_m)[:, None] * st
-
-    out_ptrs = OUT + (tok0 + offs_r)[:, None] * DX + offs_x[None, :]
+    out_offs = offs_r[:, None] * DX + offs_x[None, :]
     out_mask = mask_r[:, None] & mask_x[None, :]
     if FWD:
-        qn = qn * sigma_x + rho * sigma_m * qn_state
+        qn = qn + rho * sigma_m * qn_state
         if SIG:
             if NORMALIZE:
                 denom = tl.maximum(tl.abs(qn), 1.0) + eps
@@ -203,13 +225,13 @@ def _intra_kernel(
                 denom = tl.full((BR,), 1.0, dtype=tl.float32)
         else:
             denom = tl.maximum(tl.abs(qn), tl.exp(-m_r)) + eps
-        tl.store(out_ptrs, (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=out_mask)
-        tl.store(MROWS + tok0 + offs_r, m_r, mask=mask_r & (xt == 0))
+        tl.store(out_ptr + out_offs, (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=out_mask)
+        tl.store(mrows_ptr + offs_r, m_r, mask=mask_r & (xt == 0))
         tl.store(QN + tok0 + offs_r, qn, mask=mask_r & (xt == 0))
     else:
-        tl.store(out_ptrs, acc.to(OUT.dtype.element_ty), mask=out_mask)
+        tl.store(out_ptr + out_offs, acc.to(OUT.dtype.element_ty), mask=out_mask)
         if ROWDOT:
-            rv = tl.load(R + (tok0 + offs_r)[:, None] * DX + offs_x[None, :], mask=out_mask, other=0.0)
+            rv = tl.load(R + tok0 * DX + out_offs, mask=out_mask, other=0.0)
             tl.store(RDOT + xt * rdot_stride + tok0 + offs_r, tl.sum(acc * rv.to(tl.float32), axis=1), mask=mask_r)
 
 
@@ -249,22 +271,20 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _intra_configs():
-    """Tile configs for the intra kernel; the first is the default when autotuning is off (interpreter, or
-    KERNELS_TRITON_AUTOTUNE=0 to save compile time). At DHQK=256, DHV=512 on the H100 the autotuner picked the second
-    for h, dk and dv and the third for dq, out of these and three more (BX=64, 4 warps, BR=128) that never won."""
-    if interpreter_enabled():
-        return [triton.Config({"BR": 32, "BJ": 32, "BX": 64, "BD": 64})]
-    configs = [
-        triton.Config({"BR": 64, "BJ": 64, "BX": 128, "BD": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BR": 64, "BJ": 64, "BX": 256, "BD": 64}, num_warps=8, num_stages=2),
-        triton.Config({"BR": 64, "BJ": 64, "BX": 128, "BD": 64}, num_warps=8, num_stages=3),
-    ]
-    return configs if os.environ.get("KERNELS_TRITON_AUTOTUNE", "1") != "0" else configs[:1]
+def _intra_tiles() -> TileChoice:
+    """The intra kernel's tiles (BR rows x BX columns, BJ columns of the chunk per step), pinned per mode from the
+    H100 sweep at DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json); fp32 inputs take the
+    last, small config, since the wide ones overflow shared memory at 4 bytes per element."""
+    conf = lambda br, bj, bx, warps, stages: triton.Config({"BR": br, "BJ": bj, "BX": bx}, num_warps=warps,
+                                                           num_stages=stages)
+    configs = [conf(64, 64, 256, 8, 2), conf(64, 32, 128, 4, 3), conf(128, 64, 128, 8, 2), conf(64, 64, 128, 8, 3),
+               conf(64, 32, 256, 8, 3), conf(64, 32, 64, 4, 2)]
+    return TileChoice(_intra_kernel, configs, pinned={"h": 1, "dq": 4, "dk": 4, "dv": 1, "fp32": 5},
+                      small=conf(32, 32, 64, 4, 1), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"],
+                      reset_to_zero=["RDOT"])
 
 
-_intra_tuned = triton.autotune(configs=_intra_configs(), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"])(
-    _intra_kernel)
+INTRA_TILES = _intra_tiles()
 
 
 def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, BM, X, out, stm, stv, gb, gli, mrows, mstate,
@@ -273,6 +293,7 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, BM, X, out, st
 
     mode: (A, B, X, boundary state M)      = h: (q, k, v, C)   dq: (dnum, v, k, C^T)
                                             dk: (v, dnum, q, dC^T)   dv: (k, q, dnum, dC)
+    The partial row-dots (rows_dot) are reset to zero around autotuning, which writes the slots of other tilings.
     """
     _, NH, S, DA = A.shape
     DX = X.shape[-1]
@@ -283,16 +304,22 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, BM, X, out, st
     aug_mode = {"dq": _AUG_ROWS, "dk": _AUG_COLS}.get(mode, _AUG_NONE)
     rdot, r = (rows_dot if rows_dot is not None else (out, out))
     dummy = gb
+    # one slice of the row operand for the scores up to 256 columns of 16-bit inputs (resident), 64 of fp32, 32
+    # under the interpreter so that the tests also walk the sliced path; the state product in slices of <= 64 (32)
+    interpret, half = interpreter_enabled(), A.element_size() == 2
+    BD = _pow2(DA, high=32 if interpret else (256 if half else 64))
+    BK = min(BD, 64)
 
     def grid(meta):
         return (triton.cdiv(chunk_size, meta["BR"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
 
-    _intra_tuned[grid](
+    return INTRA_TILES.launch(
+        mode if half else "fp32", grid,
         A, BM, X, out, stm, stv, aug if aug is not None else dummy, r, rdot, gb, gli, mrows,
         qn if qn is not None else dummy, mstate, layout.chunks,
-        layout.n_chunks, NH, S, DA, DX, stride_ma, stride_mx, gb.numel(), sigma_ab, sigma_x, sigma_m, eps,
-        REVERSE=mode in ("dk", "dv"), FWD=mode == "h", AUG_MODE=aug_mode, ROWDOT=rows_dot is not None,
-        SIG=sig, NORMALIZE=normalize, PRECISION=_precision(A.dtype),
+        layout.n_chunks, NH, S, stride_ma, stride_mx, gb.numel(), sigma_ab, sigma_x, sigma_m, eps,
+        DA=DA, DX=DX, REVERSE=mode in ("dk", "dv"), FWD=mode == "h", AUG_MODE=aug_mode, ROWDOT=rows_dot is not None,
+        SIG=sig, NORMALIZE=normalize, PRECISION=_precision(A.dtype), BD=BD, BK=BK,
     )
 
 
@@ -306,13 +333,15 @@ def _gates(igate, fgate, layout: ChunkLayout, chunk_size: int, sig: bool):
 
 
 def _states(k, v, gb, gli, layout, chunk_size, init, sig):
+    """Forward states at every slot in k's dtype (for the intra kernel and the backward), n and m in fp32, and the
+    last states (C, n, m) in fp32."""
     NH, DK, DV = k.shape[1], k.shape[-1], v.shape[-1]
-    c = torch.empty(layout.n_slots, NH, DK, DV, device=k.device, dtype=torch.float32)
-    n = torch.empty(layout.n_slots, NH, DK, device=k.device, dtype=torch.float32)
+    c32, c, n = state_buffers(layout.n_slots, NH, DK, DV, k.dtype, k.device)
     m = torch.empty(layout.n_slots, NH, device=k.device, dtype=torch.float32)
-    chunk_states(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c, out_n=n, init=init, a_mult=1.0,
-                 reverse=False, sig=sig, precision=_precision(k.dtype))
-    return c, n, m
+    chunk_states(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c32, out_low=c, out_n=n, init=init,
+                 a_mult=1.0, reverse=False, sig=sig, precision=_precision(k.dtype))
+    last = tuple(x[layout.last_slots] for x in (c32, n, m))
+    return c, n, m, last
 
 
 def _segment_suffix_sum(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
@@ -362,15 +391,15 @@ class _MLSTMChunkwise(torch.autograd.Function):
         layout = chunk_layout(B, S, chunk_size, q.device, bounds)
         init = _fold_initial(c0, n0, m0, sig)
         gb, gli = _gates(igate, fgate, layout, chunk_size, sig)
-        c, n, m = _states(k, v, gb, gli, layout, chunk_size, init, sig)
+        c, n, m, last = _states(k, v, gb, gli, layout, chunk_size, init, sig)
         h = torch.empty_like(v)
         mrows = torch.empty_like(gb)
         qn = torch.empty_like(gb)
         scale = q.shape[-1] ** -0.5
         _intra("h", layout, chunk_size, A=q, BM=k, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows, mstate=m,
                qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
-        last = tuple(x[layout.last_slots] for x in (c, n, m))
-        ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c0, n0, m0, *last)
+        # the backward reuses the boundary states (c in the inputs' dtype) instead of recomputing them
+        ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, c0, n0, m0, *last)
         ctx.config = (variant, chunk_size, normalize, eps, layout)
         ctx.mark_non_differentiable(last[2])
         ctx.set_materialize_grads(False)  # unused last states give None, which skips their gradient terms
@@ -378,14 +407,12 @@ class _MLSTMChunkwise(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dc_last, dn_last, dm_last):
-        q, k, v, igate, fgate, h, gb, gli, mrows, qn, c0, n0, m0, c_last, n_last, _ = ctx.saved_tensors
+        q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, c0, n0, m0, c_last, n_last, _ = ctx.saved_tensors
         variant, chunk_size, normalize, eps, layout = ctx.config
         sig = variant == "sig"
         B, NH, S, DK = q.shape
         DV = v.shape[-1]
         scale = DK**-0.5
-        init = _fold_initial(c0, n0, m0, sig)
-        c, n, m = _states(k, v, gb, gli, layout, chunk_size, init, sig)
 
         dh = torch.zeros_like(h) if dh is None else dh.contiguous()
         dnum = torch.empty_like(v)
@@ -399,10 +426,10 @@ class _MLSTMChunkwise(torch.autograd.Function):
             dc_last = torch.zeros_like(c_last) if dc_last is None else dc_last.float().contiguous()
             dn_last = torch.zeros_like(n_last) if dn_last is None else dn_last.float().contiguous()
             final = (dc_last, dn_last, None)
-        dc = torch.empty_like(c)
-        dn = torch.empty_like(n)
-        chunk_states(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc,
-                     out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig, precision=_precision(q.dtype))
+        dc32, dc, dn = state_buffers(layout.n_slots, NH, DK, DV, q.dtype, q.device)
+        chunk_states(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc32,
+                     out_low=dc, out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig,
+                     precision=_precision(q.dtype))
 
         kw = dict(gb=gb, gli=gli, mrows=mrows, mstate=m, scale=scale, sig=sig)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -421,8 +448,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
         dc0 = dn0 = dm0 = None
         if c0 is not None:
             first = layout.first_slots
-            dc0, dn0 = dc[first], dn[first]
-            c0f, n0f, _ = init
+            dc0, dn0 = dc32[first], dn[first]
+            c0f, n0f, _ = _fold_initial(c0, n0, m0, sig)
             dm0 = (dc0 * c0f).sum((-1, -2)) + (dn0 * n0f).sum(-1)
             if sig:
                 factor = torch.exp(m0.float())

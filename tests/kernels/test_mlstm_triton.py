@@ -152,6 +152,17 @@ def test_recurrent_form_varlen_and_forward_only(variant):
         mlstm(q.requires_grad_(), k, v, igate=i, fgate=f, form="recurrent", backend="triton")
 
 
+def test_tile_pins_name_configs_of_their_kernel():
+    """Every launch case pins an entry of its kernel's config list (a wrong pin would only fail on a GPU)."""
+    from kernels.mlstm.chunk_states_triton import LOCAL_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_TILES
+
+    assert set(INTRA_TILES.pinned) == {"h", "dq", "dk", "dv", "fp32"}
+    assert set(LOCAL_TILES.pinned) == {"fwd", "rev"}
+    for choice in (INTRA_TILES, LOCAL_TILES):
+        assert all(0 <= index < len(choice.configs) for index in choice.pinned.values())
+
+
 def test_float64_is_refused():
     q, k, v, i, f = (t.detach().double() for t in make_inputs(1, 1, 4, 16, 16, "exp"))
     with pytest.raises(ValueError, match="fp16/bf16/fp32"):
