@@ -40,7 +40,10 @@ def run(leaves, variant, backend, *, chunk_size=16, cu_seqlens=None, normalize=T
     return h, last, torch.autograd.grad(loss, leaves)
 
 
-def check_against_reference(leaves, variant, dtype, *, factor=1.0, grad_factor=2.0, skip=(), **kw):
+def check_against_reference(leaves, variant, dtype, *, factor=1.0, grad_factor=2.0, grad_factors=None, skip=(),
+                            **kw):
+    """Outputs, last states and gradients within `factor` / `grad_factor` times the dtype's tolerance of the fp32
+    reference; `grad_factors` overrides the factor per gradient name."""
     ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
     h, last, grads = run(leaves, variant, "triton", **kw)
     hr, last_r, grads_r = run(ref_leaves, variant, "torch", **kw)
@@ -51,7 +54,7 @@ def check_against_reference(leaves, variant, dtype, *, factor=1.0, grad_factor=2
     for name, gr, grr in zip(GRAD_NAMES, grads, grads_r):
         if name in skip:
             continue
-        assert_close(gr, grr, dtype, name, grad_factor, atol=1e-5)
+        assert_close(gr, grr, dtype, name, (grad_factors or {}).get(name, grad_factor), atol=1e-5)
 
 
 CPU_CASES = [  # variant, S, chunk size, with initial state
@@ -201,14 +204,19 @@ def test_gpu_extreme_gates_no_nan(variant):
 
 @pytest.mark.gpu
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_gpu_long_sequence(variant):
-    """S = 65,536 in one sequence, bf16, against the fp32 PyTorch chunkwise reference (small heads keep it cheap)."""
-    leaves = make_inputs(1, 2, 65536, 64, 64, variant, dtype=torch.bfloat16, device="cuda", n_states=1)
+def test_gpu_long_sequence(variant, dtype):
+    """S = 65,536 in one sequence against the fp32 PyTorch chunkwise reference (small heads keep it cheap)."""
+    leaves = make_inputs(1, 2, 65536, 64, 64, variant, dtype=dtype, device="cuda", n_states=1)
     # reference.mlstm_chunkwise scales the sig initial state by exp(m0) where it is read but not where it is
     # carried, so its dm0 differs from the parallel reference's (which the CPU tests match); m0 = 0 here anyway
     skip = ("dm0",) if variant == "sig" else ()
-    check_against_reference(leaves, variant, torch.bfloat16, chunk_size=256, form="chunkwise", skip=skip)
+    # df is a suffix sum over all later steps of terms that largely cancel, so the bf16 rounding inside the matrix
+    # products is amplified in it: on an H100 (v6 kernels) sig df is 6.4e-2 off (exp 1.1e-2) while every other
+    # gradient is within 3.7e-3, and with fp32 inputs the same kernels get df within 9.4e-6. bf16 df: 4x tolerance.
+    factors = {"df": 4.0} if dtype == torch.bfloat16 else None
+    check_against_reference(leaves, variant, dtype, chunk_size=256, form="chunkwise", skip=skip, grad_factors=factors)
 
 
 @pytest.mark.gpu
