@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.synthetic import formal, mqar
-from experiments.synthetic.shard import parse_shard
+from experiments.synthetic.sweep import parse_shard
 
 log = logging.getLogger(__name__)
 EXPERIMENTS = {"formal": (formal.FormalConfig, formal.run_formal, formal.write_report),

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.synthetic.plots import plot_accuracy_vs_length, plot_scaled_heatmap
-from experiments.synthetic.shard import take_shard
+from experiments.synthetic.sweep import SweepConfig, take_shard
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
     EvalResult,
@@ -36,7 +36,7 @@ from xlstm_core.tasks import (
 
 
 @dataclass
-class FormalConfig:
+class FormalConfig(SweepConfig):
     tasks: list[str] = field(default_factory=lambda: ["parity", "cycle_nav", "mod_arith"])
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: list[Any] = field(default_factory=lambda: ["xlstm[1:0]", "xlstm[0:1]", "xlstm[1:1]", "transformer",
@@ -49,11 +49,6 @@ class FormalConfig:
     test_lengths: tuple[int, int] = (21, 60)
     supervision: str = "prefix"
     lrs: list[float] = field(default_factory=lambda: [1e-2])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    train: dict[str, Any] = field(default_factory=dict)
-    val_samples: int = 256
-    test_samples: int = 512
-    eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
         self.train_lengths, self.test_lengths = tuple(self.train_lengths), tuple(self.test_lengths)

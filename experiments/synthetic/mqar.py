@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from experiments.synthetic.plots import plot_mqar
-from experiments.synthetic.shard import take_shard
+from experiments.synthetic.sweep import SweepConfig, take_shard
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
     EvalResult,
@@ -33,7 +33,7 @@ from xlstm_core.tasks import (
 
 
 @dataclass
-class MQARConfig:
+class MQARConfig(SweepConfig):
     models: list[Any] = field(default_factory=lambda: ["xlstm[1:0]", "xlstm[1:1]", "xlstm[0:1]", "transformer"])
     widths: list[int] = field(default_factory=lambda: [32, 64])
     settings: list[list[int]] = field(default_factory=lambda: [[2, 32], [4, 32], [8, 32]])  # [num_pairs, seq_len]
@@ -42,11 +42,6 @@ class MQARConfig:
     num_heads: int = 4
     stack: dict[str, Any] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=lambda: [3e-3])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    train: dict[str, Any] = field(default_factory=dict)
-    val_samples: int = 256
-    test_samples: int = 512
-    eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
         self.models = [ModelSpec.parse(m) for m in self.models]

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.lm import run as lm
 from experiments.synthetic import formal, mqar
-from experiments.synthetic.shard import parse_shard, take_shard
+from experiments.synthetic.sweep import parse_shard, take_shard
 from xlstm_core.tasks import TrainConfig, evaluate, learning_rate, training
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,9 +1,21 @@
-"""Split an experiment's run list across processes that share one GPU (and one result cache)."""
+"""What the synthetic sweeps share: their common settings, and the split of a run list across processes that share
+one GPU (and one result cache)."""
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Sequence, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass
+class SweepConfig:
+    """Seeds, training settings (xlstm_core.tasks.TrainConfig fields) and evaluation sizes of a sweep."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    train: dict[str, Any] = field(default_factory=dict)
+    val_samples: int = 256
+    test_samples: int = 512
+    eval_batch_size: int = 256
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
