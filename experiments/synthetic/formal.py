@@ -10,19 +10,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from experiments.synthetic.plots import plot_accuracy_vs_length, plot_scaled_heatmap
-from experiments.synthetic.sweep import SweepConfig, take_shard
+from experiments.synthetic.sweep import SweepConfig, evaluate_splits, run_cached
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
-    EvalResult,
     ModelSpec,
     ResultCache,
     TrainConfig,
     build_model,
     check_disjoint,
-    evaluate,
     fingerprint,
     format_mean_std,
     make_split,
@@ -91,9 +88,8 @@ def run_one(cfg: FormalConfig, task_name: str, spec: ModelSpec, seed: int, lr: f
     history, diverged = train_unless_diverged(
         model, lambda step: sample_batch(task, train_lengths, train_cfg.batch_size, rng, cfg.supervision),
         train_cfg, desc=f"{task_name}/{spec.name}/s{seed}/lr{lr:g}", progress=progress)
-    evaluations = {name: EvalResult.of_diverged_run(len(data)) if diverged else
-                   evaluate(model, data, cfg.eval_batch_size, train_cfg.device)
-                   for name, data in (("iid", iid), ("val", val), ("test", test))}
+    evaluations = evaluate_splits(model, {"iid": iid, "val": val, "test": test}, cfg.eval_batch_size,
+                                  train_cfg.device, diverged)
     by_length = pd.Series(evaluations["test"].row_accuracy.numpy()).groupby(test.lengths.numpy() - 1).mean()
     C = len(task.classes)
     return {
@@ -110,22 +106,13 @@ def run_formal(cfg: FormalConfig, cache_path: Path | str | None = None, progress
                train_missing: bool = True, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """All runs (task x model x seed x learning rate), one row each; finished runs are reused from the cache
     (train_missing=False: report the cached runs only; shard=(i, n): every n-th run from the i-th only)."""
-    cache = ResultCache(cache_path)
-    shared = {k: v for k, v in asdict(cfg).items() if k not in ("tasks", "models", "lrs", "seeds")}
+    config = fingerprint({k: v for k, v in asdict(cfg).items() if k not in ("tasks", "models", "lrs", "seeds")})
     jobs = [(task, spec, seed, lr) for task in cfg.tasks for spec in cfg.models for seed in cfg.seeds
             for lr in (spec.lrs or cfg.lrs)]
-    jobs = take_shard(jobs, shard)
-    records = []
-    for task, spec, seed, lr in tqdm(jobs, desc="formal languages", disable=not progress):
-        key = {"task": task, "model": asdict(spec), "seed": seed, "lr": lr, "config": fingerprint(shared)}
-        record = cache.get(key)
-        if record is None and not train_missing:
-            continue
-        if record is None:
-            record = run_one(cfg, task, spec, seed, lr, progress)
-            cache.put(key, record)
-        records.append(record)
-    return pd.DataFrame(records)
+    return run_cached(jobs, lambda job: {"task": job[0], "model": asdict(job[1]), "seed": job[2], "lr": job[3],
+                                         "config": config},
+                      lambda job: run_one(cfg, *job, progress), ResultCache(cache_path), desc="formal languages",
+                      progress=progress, train_missing=train_missing, shard=shard)
 
 
 def select_best(runs: pd.DataFrame) -> pd.DataFrame:

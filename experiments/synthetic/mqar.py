@@ -10,19 +10,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from experiments.synthetic.plots import plot_mqar
-from experiments.synthetic.sweep import SweepConfig, take_shard
+from experiments.synthetic.sweep import SweepConfig, evaluate_splits, run_cached
 from xlstm_core.baselines import count_parameters
 from xlstm_core.tasks import (
-    EvalResult,
-    MQARTask,
     ModelSpec,
+    MQARTask,
     ResultCache,
     TrainConfig,
     build_model,
-    evaluate,
     fingerprint,
     format_mean_std,
     make_mqar_split,
@@ -70,9 +67,7 @@ def run_one(cfg: MQARConfig, spec: ModelSpec, width: int, setting: list[int], se
     history, diverged = train_unless_diverged(model, lambda step: task.sample(train_cfg.batch_size, rng), train_cfg,
                                               desc=f"mqar/{spec.name}/d{width}/kv{pairs}/s{seed}/lr{lr:g}",
                                               progress=progress)
-    results = {name: EvalResult.of_diverged_run(len(data)) if diverged else
-               evaluate(model, data, cfg.eval_batch_size, train_cfg.device)
-               for name, data in (("val", val), ("test", test))}
+    results = evaluate_splits(model, {"val": val, "test": test}, cfg.eval_batch_size, train_cfg.device, diverged)
     return {"model": spec.name, "arch": spec.arch, "width": width, "num_pairs": pairs, "seq_len": seq_len,
             "seed": seed, "lr": lr, "params": count_parameters(model), "train_loss": history[-1]["train_loss"],
             "train_seconds": history[-1]["train_seconds"], "diverged": diverged, "val_acc": results["val"].accuracy,
@@ -83,23 +78,14 @@ def run_mqar(cfg: MQARConfig, cache_path: Path | str | None = None, progress: bo
              train_missing: bool = True, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """All runs (model x width x setting x seed x learning rate), one row each; cached runs are reused
     (train_missing=False: report the cached runs only; shard=(i, n): every n-th run from the i-th only)."""
-    cache = ResultCache(cache_path)
-    shared = {k: v for k, v in asdict(cfg).items() if k not in ("models", "widths", "settings", "lrs", "seeds")}
+    config = fingerprint({k: v for k, v in asdict(cfg).items()
+                          if k not in ("models", "widths", "settings", "lrs", "seeds")})
     jobs = [(spec, width, setting, seed, lr) for setting in cfg.settings for width in cfg.widths
             for spec in cfg.models for seed in cfg.seeds for lr in (spec.lrs or cfg.lrs)]
-    jobs = take_shard(jobs, shard)
-    records = []
-    for spec, width, setting, seed, lr in tqdm(jobs, desc="MQAR", disable=not progress):
-        key = {"model": asdict(spec), "width": width, "setting": setting, "seed": seed, "lr": lr,
-               "config": fingerprint(shared)}
-        record = cache.get(key)
-        if record is None and not train_missing:
-            continue
-        if record is None:
-            record = run_one(cfg, spec, width, setting, seed, lr, progress)
-            cache.put(key, record)
-        records.append(record)
-    return pd.DataFrame(records)
+    return run_cached(jobs, lambda job: {"model": asdict(job[0]), "width": job[1], "setting": job[2], "seed": job[3],
+                                         "lr": job[4], "config": config},
+                      lambda job: run_one(cfg, *job, progress), ResultCache(cache_path), desc="MQAR",
+                      progress=progress, train_missing=train_missing, shard=shard)
 
 
 def select_best(runs: pd.DataFrame) -> pd.DataFrame:
