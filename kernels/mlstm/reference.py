@@ -57,7 +57,7 @@ def _normalise(num: torch.Tensor, qn: torch.Tensor, m: torch.Tensor, variant: st
     """
     if variant == "exp":
         e = torch.exp(-m.abs())  # exp(-m) for m >= 0, exp(m) for m < 0; never above 1
-        small_m = num * e / (torch.maximum(qn.abs() * e, torch.ones_like(e)) + eps * e)
+        small_m = num * e / (torch.clamp(qn.abs() * e, min=1.0) + eps * e)
         return torch.where(m < 0, small_m, num / (torch.maximum(qn.abs(), e) + eps))
     if normalize:
         return num / (torch.clamp(qn.abs(), min=1.0) + eps)

@@ -67,7 +67,7 @@ class EvalResult:
     row_accuracy: torch.Tensor  # (N,) fraction of each row's scored positions that were right
 
     @classmethod
-    def of_diverged_run(cls, rows: int) -> "EvalResult":
+    def of_diverged_run(cls, rows: int) -> EvalResult:
         """NaN everywhere: the result of a run whose training loss became non-finite (it has no usable model)."""
         return cls(math.nan, math.nan, torch.full((rows,), math.nan))
 
