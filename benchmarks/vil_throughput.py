@@ -183,14 +183,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _run(rows, save, f"ours:{backend}", case, lambda: measure(
                 f"vil_{size}_patch16_224", {"backend": backend}, img, batch, device, warmup, iters),
                 model=f"vil_{size}", img_size=img, batch=batch, backend=backend, dtype="bf16")
-        if size == "tiny":
+        if size == "tiny" and "torch" in backends:
             _run(rows, save, "ours:torch-einsum-qkv", case, lambda: measure(
                 "vil_tiny_patch16_224", {"backend": "torch", "dense_qkv": False}, img, batch, device, warmup,
                 iters), model="vil_tiny", img_size=img, batch=batch, backend="torch", dtype="bf16")
         _run(rows, save, f"timm:deit_{size}_patch16_224", case, lambda: measure(
             f"deit_{size}_patch16_224", {}, img, batch, device, warmup, iters),
             model=f"deit_{size}", img_size=img, batch=batch, dtype="bf16")
-        if size == "tiny":
+        if size == "tiny" and "torch" in backends:
             _run(rows, save, "ours:torch", f"{case} parallel", lambda: measure(
                 "vil_tiny_patch16_224", {"backend": "torch", "mlstm_form": "parallel"}, img, batch, device, warmup,
                 iters), model="vil_tiny", img_size=img, batch=batch, backend="torch", dtype="bf16",
@@ -214,16 +214,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.compile and "tiny" in sizes:  # last: compile times vary, and the rows above are the required ones
         batch = batches["tiny"]
         case = f"tiny {img}px bs{batch} compiled"
-        variants = (
-            (f"ours:{backends[0]}", "vil_tiny_patch16_224", {"backend": backends[0], "mlstm_form": "chunkwise"}),
-            ("timm:deit_tiny_patch16_224", "deit_tiny_patch16_224", {}),
-            ("ours:torch", "vil_tiny_patch16_224", {"backend": "torch", "mlstm_form": "parallel"}),
-        )
+        # the default form ("auto"): the fused Triton parallel kernel, or inductor's parallel form on PyTorch
+        variants = [(f"ours:{backend}", "vil_tiny_patch16_224", {"backend": backend}) for backend in backends]
+        variants.insert(1, ("timm:deit_tiny_patch16_224", "deit_tiny_patch16_224", {}))
         for impl, name, kwargs in variants:
-            form = kwargs.get("mlstm_form")
-            _run(rows, save, impl, f"{case} {form}" if form else case, lambda: measure(
-                name, kwargs, img, batch, device, warmup, iters, compile=True), model=name.split("_patch")[0],
-                img_size=img, batch=batch, dtype="bf16", compiled=True, **({"mlstm_form": form} if form else {}))
+            _run(rows, save, impl, case, lambda: measure(name, kwargs, img, batch, device, warmup, iters,
+                                                        compile=True),
+                 model=name.split("_patch")[0], img_size=img, batch=batch, dtype="bf16", compiled=True, **kwargs)
     print(f"wrote {out}")
     return result
 

@@ -23,12 +23,12 @@ class VisionLSTM(nn.Module):
     """ViL backbone + classifier. `depth` counts mLSTM blocks (24 for T/S/B); odd blocks read the flipped sequence.
 
     conv_mode="grid2d" (kernel 3) is ViL v2's 3x3 conv on the token grid; "causal1d" (kernel 4) is ViL v1's.
-    The mLSTM cell runs through the chunkwise operator (`backend="auto"` takes Triton on CUDA), so memory grows
-    linearly with the number of patches; mlstm_form="parallel" runs the quadratic form in PyTorch instead, which is
-    faster only under torch.compile and at short sequences: "auto" (the default) takes it exactly then (up to 256
-    patches, e.g. 224^2 at patch 16). `dense_qkv` computes the 4x4 block-diagonal q/k/v projections and
-    the gates as two dense GEMMs (gate weights folded in) instead of batched matmuls over tiny blocks and a
-    concatenation; the parameters are the same.
+    The mLSTM cell runs through `kernels.mlstm` (`backend="auto"` takes Triton on CUDA). With mlstm_form="auto" (the
+    default) sequences of up to 256 patches (224^2 at patch 16) take the parallel form where it is fused: the Triton
+    kernel that keeps each head's (S, S) tiles on chip (eager and compiled), or inductor's fusion of the PyTorch form
+    under torch.compile; longer sequences take the chunkwise form, whose memory grows linearly with the patches.
+    `dense_qkv` computes the 4x4 block-diagonal q/k/v projections and the gates as two dense GEMMs (gate weights
+    folded in) instead of batched matmuls over tiny blocks and a concatenation; the parameters are the same.
     """
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import mlstm, mlstm_step
+from kernels.dispatch import resolve_backend
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.conv import CausalConv1d, GridConv2d
 from xlstm_core.linear import BlockDiagonalLinear
@@ -28,19 +29,20 @@ def wang_init_(weight: torch.Tensor, dim: int, num_blocks: int) -> None:
     nn.init.normal_(weight, std=2 / num_blocks / math.sqrt(dim))
 
 
-# Up to this many tokens "auto" takes the quadratic form under torch.compile: for ViL-T at 196 tokens (H100, bf16,
-# batch 256) it trained 1.3x and inferred 2.2x faster than the compiled model around the chunkwise Triton kernel.
+# Up to this many tokens (ViL's 196 patches at 224^2) "auto" takes the parallel form where it is fused: the Triton
+# kernel (kernels/mlstm/parallel_triton.py, eager and compiled) or, on the PyTorch backend, inductor under
+# torch.compile. Eager PyTorch keeps the chunkwise form, which does not materialise (S, S) maps per head.
 PARALLEL_MAX_LEN = 256
 
 
-def sequence_form(cfg: xLSTMBlockStackConfig, length: int) -> str:
-    """The mLSTM form for a sequence: cfg.mlstm_form itself, or for "auto" the parallel form while torch.compile
-    traces a sequence of at most PARALLEL_MAX_LEN tokens (inductor fuses it; eager PyTorch would not) unless the
-    backend is pinned to Triton, and chunkwise else."""
+def sequence_form(cfg: xLSTMBlockStackConfig, length: int, device: torch.device) -> str:
+    """The mLSTM form for a sequence of `length` tokens on `device`: cfg.mlstm_form itself, or for "auto" the
+    parallel form for at most PARALLEL_MAX_LEN tokens when the backend resolves to Triton or torch.compile traces
+    the layer, and chunkwise else."""
     if cfg.mlstm_form != "auto":
         return cfg.mlstm_form
-    short = length <= PARALLEL_MAX_LEN and cfg.backend != "triton"
-    return "parallel" if short and torch.compiler.is_compiling() else "chunkwise"
+    fused = resolve_backend(cfg.backend, device) == "triton" or torch.compiler.is_compiling()
+    return "parallel" if length <= PARALLEL_MAX_LEN and fused else "chunkwise"
 
 
 def run_mlstm_cell(cfg: xLSTMBlockStackConfig, q, k, v, igate, fgate, state, return_state: bool):
@@ -54,8 +56,9 @@ def run_mlstm_cell(cfg: xLSTMBlockStackConfig, q, k, v, igate, fgate, state, ret
                                   variant=cfg.mlstm_variant, backend=cfg.backend)
         return h.unsqueeze(1), new_state
     out = mlstm(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), igate=igate.transpose(1, 2),
-                fgate=fgate.transpose(1, 2), variant=cfg.mlstm_variant, form=sequence_form(cfg, q.shape[1]),
-                chunk_size=cfg.chunk_size, initial_state=state, return_last_state=return_state, backend=cfg.backend)
+                fgate=fgate.transpose(1, 2), variant=cfg.mlstm_variant,
+                form=sequence_form(cfg, q.shape[1], q.device), chunk_size=cfg.chunk_size, initial_state=state,
+                return_last_state=return_state, backend=cfg.backend)
     h, new_state = out if return_state else (out, None)
     return h.transpose(1, 2), new_state
 

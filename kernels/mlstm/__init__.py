@@ -90,7 +90,9 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torch.Ten
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); igate, fgate: (B, NH, S) pre-activations. Optional
     initial_state (C, n, m) with shapes (B, NH, DHQK, DHV), (B, NH, DHQK), (B, NH) (B = number of sequences when
     cu_seqlens packs several into one row). Returns h (B, NH, S, DHV) in the input dtype, and the last state in fp32
-    when return_last_state. `normalize` affects the sig variant only (exp always normalises).
+    when return_last_state. `normalize` affects the sig variant only (exp always normalises). On Triton the parallel
+    form is a fused kernel for S <= 256 without states or cu_seqlens (kernels/mlstm/parallel_triton.py); other
+    parallel-form calls run the chunkwise kernel, which computes the same function.
     """
     _check_inputs(q, k, v, igate, fgate, variant)
     if form not in FORMS:
@@ -102,11 +104,13 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torch.Ten
     if initial_state is not None:
         _check_state(initial_state, n_seq, NH, DQK, v.shape[-1])
     chosen = resolve_backend(backend, q.device, q.dtype)
-    if chosen == "triton" and form == "parallel":
-        if backend == "triton":
-            raise ValueError("the Triton backend has chunkwise and recurrent forms; use form='chunkwise'")
-        chosen = "torch"
     kw = dict(variant=variant, normalize=normalize, eps=eps, chunk_size=chunk_size)
+    if chosen == "triton" and form == "parallel":
+        from kernels.mlstm.parallel_triton import MAX_LEN, mlstm_parallel_triton
+
+        if S <= MAX_LEN and initial_state is None and not return_last_state and cu_seqlens is None:
+            return mlstm_parallel_triton(q, k, v, igate, fgate, variant=variant, normalize=normalize, eps=eps)
+        form = "chunkwise"  # states, packed or long sequences: the chunkwise kernel computes the same function
     if chosen == "triton":
         return _run_triton(form, q, k, v, igate, fgate, cu_seqlens, initial_state, return_last_state, **kw)
     if cu_seqlens is not None:

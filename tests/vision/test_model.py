@@ -96,7 +96,7 @@ def test_parallel_form_matches_chunkwise():
     torch.testing.assert_close(parallel.forward_features(x), chunkwise.forward_features(x), atol=1e-5, rtol=1e-5)
 
 
-def test_auto_form_is_parallel_only_under_torch_compile(monkeypatch):
+def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
     from xlstm_core import mlstm_layer
 
     forms, original = [], mlstm_layer.mlstm
@@ -113,6 +113,12 @@ def test_auto_form_is_parallel_only_under_torch_compile(monkeypatch):
     compiled = model(x)
     assert forms == ["chunkwise", "parallel"]
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+    monkeypatch.undo()
+    monkeypatch.setattr(mlstm_layer, "mlstm", recording_mlstm)
+    fused = small_vil(depth=1, backend="triton")  # the fused Triton kernel, eagerly (interpreter on CPU)
+    fused.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fused(x), eager, atol=1e-5, rtol=1e-4)
+    assert forms[2:] == ["parallel"]
     with pytest.raises(ValueError, match="mlstm_form"):
         small_vil(mlstm_form="recurrent")
 

@@ -1,0 +1,115 @@
+"""Fused parallel mLSTM (kernels/mlstm/parallel_triton.py) against the PyTorch parallel reference.
+
+On CPU the kernel runs under TRITON_INTERPRET=1 in fp32/fp16 (the interpreter's bf16 dot is unreliable) with
+32-wide head-dim tiles, so DH = 96 and DHQK = 64 / DHV = 128 cover the head-dim tiling. Inputs are strided views of
+(B, S, NH, D) storage, the layout the mLSTM layer passes. The `gpu` tests run bf16 at ViL's shapes and under
+torch.compile.
+"""
+import pytest
+import torch
+
+from kernels import mlstm
+from kernels.mlstm.parallel_triton import MAX_LEN, mlstm_parallel_triton
+from tests.kernels.tolerances import assert_close
+
+GRAD_NAMES = ("dq", "dk", "dv", "di", "df")
+
+
+def make_inputs(B, NH, S, DK, DV, *, dtype=torch.float32, device="cpu", i_scale=1.0, f_scale=1.0, f_bias=3.0,
+                seed=0):
+    """Leaves q, k, v (B, NH, S, D) and gates (B, NH, S), each a transposed view of (B, S, NH, ...) storage."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g)
+    q, k, v = rand(B, S, NH, DK), rand(B, S, NH, DK), rand(B, S, NH, DV)
+    igate, fgate = i_scale * rand(B, S, NH), f_scale * rand(B, S, NH) + f_bias
+    leaves = [q.to(dtype), k.to(dtype), v.to(dtype), igate, fgate]
+    return [t.to(device).requires_grad_().transpose(1, 2) for t in leaves]
+
+
+def run(leaves, variant, backend, normalize=True, **kw):
+    q, k, v, i, f = leaves
+    h = mlstm(q, k, v, igate=i, fgate=f, variant=variant, form="parallel", backend=backend, normalize=normalize,
+              **kw)
+    weight = torch.randn(h.shape, generator=torch.Generator().manual_seed(1)).to(h.device)
+    return h, torch.autograd.grad((h.float() * weight).sum(), leaves)
+
+
+def check(leaves, variant, dtype, *, factor=1.0, grad_factor=2.0, atol=1e-5, normalize=True):
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    h, grads = run(leaves, variant, "triton", normalize)
+    hr, grads_r = run(ref_leaves, variant, "torch", normalize)
+    assert h.dtype == leaves[0].dtype
+    assert_close(h, hr, dtype, "h", factor, atol=atol)
+    for name, gr, grr in zip(GRAD_NAMES, grads, grads_r):
+        assert_close(gr, grr, dtype, name, grad_factor, atol=atol)
+
+
+CPU_CASES = [  # S, DHQK, DHV, variant, dtype, normalize
+    (1, 96, 96, "exp", torch.float32, True),
+    (16, 96, 96, "sig", torch.float32, True),
+    (16, 64, 64, "sig", torch.float16, False),
+    (100, 64, 128, "exp", torch.float32, True),
+    (196, 96, 96, "exp", torch.float32, True),
+]
+
+
+@pytest.mark.parametrize("S,DK,DV,variant,dtype,normalize", CPU_CASES)
+def test_matches_reference(S, DK, DV, variant, dtype, normalize):
+    check(make_inputs(1, 2 if S <= 16 else 1, S, DK, DV, dtype=dtype, seed=S), variant, dtype, normalize=normalize)
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_extreme_gates(variant):
+    """Input gates up to +-40 and forget pre-activations up to +-20: every exp stays finite, the m < 0 rows take the
+    overflow-safe normaliser, and outputs and gradients match at the fp32 tolerance."""
+    g = torch.Generator().manual_seed(7)
+    leaves = make_inputs(1, 1, 60, 32, 32, seed=7)
+    with torch.no_grad():
+        leaves[3].copy_(80 * torch.rand(leaves[3].shape, generator=g) - 40)
+        leaves[4].copy_(40 * torch.rand(leaves[4].shape, generator=g) - 20)
+    check(leaves, variant, torch.float32)
+
+
+def test_states_and_long_sequences_leave_the_fused_kernel():
+    q, k, v, i, f = (t.detach() for t in make_inputs(1, 1, 12, 16, 16, seed=3))
+    state = (torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16), torch.zeros(1, 1))
+    h, last = mlstm(q, k, v, igate=i, fgate=f, form="parallel", initial_state=state, return_last_state=True,
+                    backend="triton")
+    hr, last_r = mlstm(q, k, v, igate=i, fgate=f, form="parallel", initial_state=state, return_last_state=True,
+                       backend="torch")
+    assert_close(h, hr, torch.float32, "h")
+    assert_close(last[0], last_r[0], torch.float32, "C")
+    long = torch.zeros(1, 1, MAX_LEN + 1, 16)
+    gates = torch.zeros(1, 1, MAX_LEN + 1)
+    with pytest.raises(ValueError, match="at most 256"):
+        mlstm_parallel_triton(long, long, long, gates, gates)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("DH", [96, 192, 384])
+def test_gpu_bf16_vil_shapes(DH):
+    """ViL-T/S/B head dims at 196 patches, bf16, against the fp32 reference."""
+    check(make_inputs(4, 4, 196, DH, DH, dtype=torch.bfloat16, device="cuda", seed=DH), "exp", torch.bfloat16,
+          atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_odd_length_and_sig():
+    for variant in ("exp", "sig"):
+        check(make_inputs(2, 3, 77, 64, 128, device="cuda", seed=2), variant, torch.float32, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_under_torch_compile_without_graph_breaks():
+    def cell(q, k, v, i, f):
+        return mlstm(q, k, v, igate=i, fgate=f, form="parallel", backend="triton")
+
+    leaves = make_inputs(2, 4, 196, 96, 96, dtype=torch.bfloat16, device="cuda", seed=11)
+    compiled = torch.compile(cell, fullgraph=True)
+    h = compiled(*leaves)
+    grads = torch.autograd.grad(h.float().square().sum(), leaves)
+    h_eager = cell(*leaves)
+    grads_eager = torch.autograd.grad(h_eager.float().square().sum(), leaves)
+    assert_close(h, h_eager, torch.bfloat16, "h", 0.1)
+    for name, a, b in zip(GRAD_NAMES, grads, grads_eager):
+        assert_close(a, b, torch.bfloat16, name, 0.1, atol=1e-5)
