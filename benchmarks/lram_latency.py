@@ -150,6 +150,7 @@ def main() -> None:
                                           ("peak_memory", "peak_mib", "MiB"), ("state_memory", "state_mib", "MiB")]:
                     rows.append({"impl": impl, "case": case, "metric": metric, "value": result[key], "unit": unit,
                                  **fields})
+    rows += speedup_rows(rows)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "triton": _triton_version(), "date": datetime.date.today().isoformat(),
               "rows": rows}
@@ -158,6 +159,25 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=1))
     print_table(rows)
     print(f"wrote {out}")
+
+
+def speedup_rows(rows: list[dict]) -> list[dict]:
+    """Per (context, batch) each of our variants' speedup over the fastest DT variant measured in this run (graph,
+    with or without compile): DT's best way of running, as the issue's ">= 5x DT" asks."""
+    latency = {(r["impl"], r["context"], r["batch"]): r for r in rows
+               if r["metric"] == "step_latency" and r["value"] is not None}
+    out = []
+    for (impl, context, batch), r in latency.items():
+        if impl.startswith("decision-transformer"):
+            continue
+        dts = [d for (name, c, b), d in latency.items() if name.startswith("decision-transformer")
+               and (c, b) == (context, batch)]
+        if not dts:
+            continue
+        best = min(dts, key=lambda d: d["value"])
+        out.append({**r, "metric": "speedup_vs_best_dt", "value": best["value"] / r["value"], "unit": "x",
+                    "dt_impl": best["impl"], "dt_latency_ms": best["value"]})
+    return out
 
 
 def _triton_version() -> str | None:
@@ -181,8 +201,10 @@ def print_table(rows: list[dict]) -> None:
         if lat["unit"] == "oom":
             print(f"{impl:32s} {params:11d} {context:8d} {batch:6d} {'OOM':>9s}")
             continue
+        speedup = m.get("speedup_vs_best_dt")
         print(f"{impl:32s} {params:11d} {context:8d} {batch:6d} {lat['value']:9.3f} "
-              f"{m['throughput']['value']:11.1f} {m['peak_memory']['value']:9.1f} {m['state_memory']['value']:10.2f}")
+              f"{m['throughput']['value']:11.1f} {m['peak_memory']['value']:9.1f} {m['state_memory']['value']:10.2f}"
+              + ("" if speedup is None else f"  {speedup['value']:.2f}x best DT ({speedup['dt_impl']})"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_leaves
 
-from xlstm_core.cuda_graph import capture_graph
+from xlstm_core.cuda_graph import capture_graph, copy_state
+from xlstm_core.fused_decode import state_updates_in_place
 
 from .transformer import KVCache
 
@@ -45,10 +46,9 @@ class GraphedStep:
             dst.copy_(src)
 
     def _run(self) -> torch.Tensor:
-        logits, new_state = self.step_fn(self.inputs, self.state)
-        for dst, src in zip(state_tensors(self.state), state_tensors(new_state)):
-            if dst is not src:
-                dst.copy_(src)
+        with state_updates_in_place():
+            logits, new_state = self.step_fn(self.inputs, self.state)
+        copy_state(state_tensors(self.state), state_tensors(new_state))
         return logits
 
     def __call__(self, inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

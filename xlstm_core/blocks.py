@@ -8,6 +8,7 @@ from torch import nn
 
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.ffn import GatedFFN
+from xlstm_core.fused_decode import fused_step_applies, post_up_block_step
 from xlstm_core.mlstm_layer import mLSTMPostUpLayer, mLSTMPreUpLayer
 from xlstm_core.norms import make_norm
 from xlstm_core.slstm_layer import sLSTMLayer
@@ -32,7 +33,10 @@ class PreUpBlock(nn.Module):
 
 
 class PostUpBlock(nn.Module):
-    """x + mixer(norm(x)), then x + FFN(norm(x)): the sLSTM block and the xLSTM-7B mLSTM block."""
+    """x + mixer(norm(x)), then x + FFN(norm(x)): the sLSTM block and the xLSTM-7B mLSTM block.
+
+    A one-token inference step of the mLSTM block at small batch on CUDA runs as five fused decode kernels
+    (xlstm_core.fused_decode); everything else takes the modules below."""
 
     def __init__(self, cfg: xLSTMBlockStackConfig, mixer: nn.Module):
         super().__init__()
@@ -44,6 +48,9 @@ class PostUpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None):
+        if fused_step_applies(self, x, return_state or state is not None):
+            y, new_state = post_up_block_step(self, x, state)
+            return (y, new_state) if return_state else y
         out = self.layer(self.norm_mixer(x), state, return_state, grid)
         y, new_state = out if return_state else (out, None)
         x = x + self.drop_path(y)

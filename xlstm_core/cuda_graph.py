@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import torch
 
+from xlstm_core.fused_decode import state_updates_in_place
 from xlstm_core.generation import filter_logits, prefill_prompts
 from xlstm_core.state import map_state
 
@@ -30,6 +31,14 @@ def graph_safe_sample(logits: torch.Tensor, temperature: float, top_k: int | Non
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp_(1e-20, 1.0)))
     return (logits + gumbel).argmax(-1)
+
+
+def copy_state(static: list[torch.Tensor], fresh: list[torch.Tensor]) -> None:
+    """Copy a step's new state into the static state buffers, skipping tensors the step updated in place
+    (`state_updates_in_place`): one multi-tensor launch instead of one copy kernel per tensor."""
+    pairs = [(dst, src) for dst, src in zip(static, fresh, strict=True) if dst is not src]
+    if pairs:
+        torch._foreach_copy_([dst for dst, _ in pairs], [src for _, src in pairs])
 
 
 def capture_graph(body: Callable[[], T], warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, T]:
@@ -68,9 +77,9 @@ class GraphedDecoder:
 
     def _body(self) -> None:
         """One decode step on the static buffers: advance the state, sample, apply stop conditions."""
-        logits, new_state = self.step_fn(self.token, self.state)
-        for static, fresh in zip(self.state_leaves, _leaves(new_state)):
-            static.copy_(fresh)
+        with state_updates_in_place():
+            logits, new_state = self.step_fn(self.token, self.state)
+        copy_state(self.state_leaves, _leaves(new_state))
         nxt = graph_safe_sample(logits, *self.sampling)
         if self.eos_token_id is not None:
             nxt = torch.where(self.finished, torch.full_like(nxt, self.eos_token_id), nxt)

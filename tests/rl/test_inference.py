@@ -56,3 +56,44 @@ def test_cuda_graph_step_equals_eager(backbone, compile):
             eager, eager_state = model.step(x, eager_state)
             tol = 1e-3 if compile else 1e-4  # compiled kernels may sum in another order
             torch.testing.assert_close(step(x), eager, atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_graphed_fused_post_up_step_equals_unfused_eager(batch, compile):
+    """bf16 LRAM of xLSTM-7B blocks: the graphed step (fused decode kernels) against eager steps of the same model
+    through the unfused PyTorch path."""
+    import copy
+
+    from rl.inference import GraphedStep
+    from xlstm_core.config import XLSTM7B_STYLE
+    from xlstm_core.fused_decode import fused_step_applies
+
+    bench = _bench()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    cfg = ActionModelConfig(backbone="lram", **{**SMALL, "embedding_dim": 64, "num_heads": 4},
+                            stack_overrides={**XLSTM7B_STYLE, "ffn_multiple_of": 16})
+    model = ActionModel(cfg).to(device, torch.bfloat16).eval()
+    with torch.no_grad():
+        for p in model.backbone.parameters():  # move off the init (zero gate weights, unit norm scales)
+            p.add_(0.05 * torch.randn_like(p))
+    unfused = copy.deepcopy(model)
+    unfused.backbone.cfg.backend = "torch"
+    inputs = [bench.step_inputs(model, batch, device, torch.bfloat16) for _ in range(5)]
+    with torch.no_grad():
+        token = torch.zeros(batch, 1, 64, device=device, dtype=torch.bfloat16)
+        assert fused_step_applies(model.backbone.blocks[0], token, True)
+        assert not fused_step_applies(unfused.backbone.blocks[0], token, True)
+        _, state = model.step(inputs[0], None)
+        _, ref_state = unfused.step(inputs[0], None)
+    step = GraphedStep(model, inputs[0], state, compile=compile)
+    with torch.no_grad():
+        for x in inputs:
+            expected, ref_state = unfused.step(x, ref_state)
+            got = step(x)
+            valid = torch.isfinite(expected)
+            assert torch.equal(valid, torch.isfinite(got))
+            err = (got[valid].double() - expected[valid].double()).norm() / expected[valid].double().norm()
+            assert err < 3e-2, f"relative error {err:.3e}"
