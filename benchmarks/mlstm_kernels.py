@@ -133,8 +133,12 @@ def _bench_fla(name, B, S, NH, DK, DV, peak):
     v = torch.randn(B, S, NH, DV, device="cuda", generator=g).bfloat16().requires_grad_()
     gate = torch.nn.functional.logsigmoid(torch.randn(B, S, NH, device="cuda", generator=g) + 3).requires_grad_()
     fwd = lambda: chunk_simple_gla(q, k, v, gate)[0]
-    return _measure("fla_chunk_simple_gla", name, fwd, [q, k, v, gate], mlstm_flops(B, S, NH, DK, DV, 64), peak,
-                    B=B, S=S, NH=NH, DK=DK, DV=DV)
+    try:
+        return _measure("fla_chunk_simple_gla", name, fwd, [q, k, v, gate], mlstm_flops(B, S, NH, DK, DV, 64), peak,
+                        B=B, S=S, NH=NH, DK=DK, DV=DV)
+    except RuntimeError as err:  # fla 0.6 refuses its gated backward on Hopper with Triton < 3.7.1 (its issue #640)
+        print(f"fla_chunk_simple_gla skipped: {str(err)[:160]}")
+        return []
 
 
 def profile_case(cfg, chunk_size, variant="exp"):

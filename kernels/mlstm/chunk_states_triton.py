@@ -5,8 +5,8 @@ Forward (over k, v): with g_c the chunk's total log forget gate and b_s the chun
   m_{c+1} = max(g_c + m_c, l_c),   C_{c+1} = exp(g_c + m_c - m_{c+1}) C_c + exp(l_c - m_{c+1}) local_c.
 Backward (over q * scale, dnum and d qn), walking the chunks in reverse, with m from the forward pass:
   local_c = sum_r exp(b_r + m_c - m_r) q_r [dnum_r, dqn_r]^T,   dC_c = exp(g_c + m_c - m_{c+1}) dC_{c+1} + local_c.
-All chunks' local terms are independent matrix products (`_local_kernel`, one program per state tile and chunk, so
-the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order, which
+All chunks' local terms are independent matrix products (`_local_kernel`, one program per block of state rows and
+chunk, so the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order, which
 makes it bound by memory bandwidth rather than by the latency of dependent matrix products.
 
 States live in the slots of kernels/mlstm/chunk_layout.py. The local kernel writes each chunk's term in fp32 into
@@ -28,21 +28,19 @@ from kernels.mlstm.tiles_triton import TileChoice
 def _local_kernel(
     A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, n_chunks, NH, S, a_mult,
     DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr, BR: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr,
 ):
-    """One (BA x BX) tile of one chunk's local term, plus its share of the vector term and the chunk's scalars.
+    """BA rows of one chunk's local term (all DX columns, in blocks of BX), its share of the vector term and the
+    chunk's scalars.
 
-    A is read transposed straight from memory and the per-row weights scale the X operand, so neither matrix
-    operand is transposed or rescaled in registers on its way to the product.
+    The chunk's A rows are read once, transposed straight from memory, and weighted by the per-row weights; that
+    (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged.
     """
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
     head = tl.program_id(2)
-    n_xt = tl.cdiv(DX, BX)
-    offs_a = (pid // n_xt) * BA + tl.arange(0, BA)
-    offs_x = (pid % n_xt) * BX + tl.arange(0, BX)
+    offs_a = pid * BA + tl.arange(0, BA)
     mask_a = offs_a < DA
-    mask_x = offs_x < DX
     row = tl.load(CHUNKS + chunk)
     start = tl.load(CHUNKS + n_chunks + chunk)
     length = tl.load(CHUNKS + 2 * n_chunks + chunk)
@@ -50,51 +48,45 @@ def _local_kernel(
     tok0 = (row.to(tl.int64) * NH + head) * S + start
     # the chunk's own base pointers keep every tile offset below in 32 bits
     a_ptr, x_ptr, gb_ptr, gli_ptr = A + tok0 * DA, X + tok0 * DX, GB + tok0, GLI + tok0
+    offs_l = tl.arange(0, BLOCK_L)
+    mask_l = offs_l < length
     g = tl.load(gb_ptr + length - 1)
+    b = tl.load(gb_ptr + offs_l, mask=mask_l, other=0.0)
     scalar = chunk.to(tl.int64) * NH + head
     tl.store(CHUNK_G + scalar, g, mask=pid == 0)
     if REVERSE:
         out = slot * NH + head
         if SIG:
-            m_start = 0.0
+            w = tl.exp(b)
         else:
             m_start = tl.load(MSTATE + out)
+            w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_l, mask=mask_l, other=0.0))
     else:
         out = (slot + 1) * NH + head
+        val = g - b + tl.load(gli_ptr + offs_l, mask=mask_l, other=0.0)
         if SIG:
-            local = 0.0
+            w = tl.exp(val)
         else:
-            offs_l = tl.arange(0, BLOCK_L)
-            mask_l = offs_l < length
-            val = g - tl.load(gb_ptr + offs_l, mask=mask_l, other=0.0) + tl.load(gli_ptr + offs_l, mask=mask_l,
-                                                                                 other=0.0)
             local = tl.max(tl.where(mask_l, val, float("-inf")), axis=0)
             tl.store(CHUNK_L + scalar, local, mask=pid == 0)
-    acc = tl.zeros((BA, BX), dtype=tl.float32)
-    vec = tl.zeros((BA,), dtype=tl.float32)
-    for r0 in range(0, length, BR):
-        offs_r = r0 + tl.arange(0, BR)
-        mask_r = offs_r < length
-        b = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
-        if REVERSE:
-            if SIG:
-                w = tl.exp(b)
-            else:
-                w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0))
-        else:
-            w = tl.exp(g - b + tl.load(gli_ptr + offs_r, mask=mask_r, other=0.0) - local)
-        w = tl.where(mask_r, w * a_mult, 0.0)
-        a_t = tl.load(a_ptr + offs_r[None, :] * DA + offs_a[:, None], mask=mask_a[:, None] & mask_r[None, :],
-                      other=0.0)
-        xb = tl.load(x_ptr + offs_r[:, None] * DX + offs_x[None, :], mask=mask_r[:, None] & mask_x[None, :],
+            w = tl.exp(val - local)
+    w = tl.where(mask_l, w * a_mult, 0.0)
+    a_t = tl.load(a_ptr + offs_l[None, :] * DA + offs_a[:, None], mask=mask_a[:, None] & mask_l[None, :],
+                  other=0.0).to(tl.float32)
+    if HAS_XAUG:
+        vec = tl.sum(a_t * (w * tl.load(XAUG + tok0 + offs_l, mask=mask_l, other=0.0))[None, :], axis=1)
+    else:
+        vec = tl.sum(a_t * w[None, :], axis=1)
+    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a)
+    aw = (a_t * w[None, :]).to(A.dtype.element_ty)
+    c_ptr = OUT_C + out * DA * DX
+    for x0 in range(0, DX, BX):
+        offs_x = x0 + tl.arange(0, BX)
+        mask_x = offs_x < DX
+        xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :], mask=mask_l[:, None] & mask_x[None, :],
                      other=0.0)
-        acc = tl.dot(a_t, (xb.to(tl.float32) * w[:, None]).to(xb.dtype), acc, input_precision=PRECISION)
-        if HAS_XAUG:
-            w = w * tl.load(XAUG + tok0 + offs_r, mask=mask_r, other=0.0)
-        vec += tl.sum(a_t.to(tl.float32) * w[None, :], axis=1)
-    tl.store(OUT_C + out * DA * DX + offs_a[:, None] * DX + offs_x[None, :], acc,
-             mask=mask_a[:, None] & mask_x[None, :])
-    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a & (pid % n_xt == 0))
+        acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
+        tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc, mask=mask_a[:, None] & mask_x[None, :])
 
 
 @triton.jit
@@ -169,12 +161,12 @@ def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
 
 
 def _local_tiles() -> TileChoice:
-    """The local kernel's tiles (BA x BX of the state, BR rows per step), pinned from the H100 sweep at DHQK=256,
-    DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json)."""
-    conf = lambda ba, bx, br, warps, stages: triton.Config({"BA": ba, "BX": bx, "BR": br}, num_warps=warps,
-                                                           num_stages=stages)
-    configs = [conf(64, 128, 64, 4, 3), conf(64, 256, 64, 8, 2), conf(64, 128, 128, 8, 2), conf(128, 64, 64, 4, 3)]
-    return TileChoice(_local_kernel, configs, pinned={"fwd": 0, "rev": 0}, small=conf(32, 32, 64, 4, 1),
+    """The local kernel's tiles (BA rows of the state per program, BX columns per step), pinned from the H100 sweep at
+    DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json); fp32 inputs take a narrow config."""
+    conf = lambda ba, bx, warps, stages: triton.Config({"BA": ba, "BX": bx}, num_warps=warps, num_stages=stages)
+    configs = [conf(64, 128, 4, 2), conf(64, 64, 4, 3), conf(64, 128, 8, 2), conf(128, 64, 8, 2), conf(64, 32, 4, 2),
+               conf(64, 64, 8, 2)]
+    return TileChoice(_local_kernel, configs, pinned={"fwd": 1, "rev": 5, "fp32": 4}, small=conf(16, 32, 4, 1),
                       key=["DA", "DX", "REVERSE", "SIG", "HAS_XAUG"])
 
 
@@ -207,10 +199,10 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
     dummy = gb
 
     def grid(meta):
-        return (triton.cdiv(DA, meta["BA"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
+        return (triton.cdiv(DA, meta["BA"]), layout.n_chunks, NH)
 
     LOCAL_TILES.launch(
-        "rev" if reverse else "fwd", grid,
+        "fp32" if A.dtype == torch.float32 else ("rev" if reverse else "fwd"), grid,
         A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
         out_c, out_n, chunk_g, chunk_l, layout.chunks, layout.n_chunks, NH, S, a_mult,
         DA=DA, DX=DX, REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None, PRECISION=precision,

@@ -277,9 +277,11 @@ def _intra_tiles() -> TileChoice:
     last, small config, since the wide ones overflow shared memory at 4 bytes per element."""
     conf = lambda br, bj, bx, warps, stages: triton.Config({"BR": br, "BJ": bj, "BX": bx}, num_warps=warps,
                                                            num_stages=stages)
-    configs = [conf(64, 64, 256, 8, 2), conf(64, 32, 128, 4, 3), conf(128, 64, 128, 8, 2), conf(64, 64, 128, 8, 3),
-               conf(64, 32, 256, 8, 3), conf(64, 32, 64, 4, 2)]
-    return TileChoice(_intra_kernel, configs, pinned={"h": 1, "dq": 4, "dk": 4, "dv": 1, "fp32": 5},
+    # (BR 64, BJ 64, BX 256, 8 warps, 2 stages) is left out: on the H100 with Triton 3.6 it gave different gradients
+    # on repeated eager runs of the same inputs (10x the error of the other tiles), a race in the compiled kernel
+    configs = [conf(64, 32, 128, 4, 3), conf(128, 64, 128, 8, 2), conf(64, 64, 128, 8, 3), conf(64, 32, 256, 8, 3),
+               conf(64, 32, 64, 4, 2)]
+    return TileChoice(_intra_kernel, configs, pinned={"h": 0, "dq": 3, "dk": 3, "dv": 0, "fp32": 4},
                       small=conf(32, 32, 64, 4, 1), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"],
                       reset_to_zero=["RDOT"])
 
