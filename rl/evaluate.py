@@ -71,8 +71,12 @@ def evaluate_task(model: ActionModel, info: TaskInfo, episodes: int = 4, num_env
 
 
 def normalized_score(value: float, info: TaskInfo) -> float:
-    """(score - random) / (best - random) with the dataset's reference returns (NaN without them)."""
-    if info.ref_min is None or info.ref_max is None or info.ref_max == info.ref_min:
+    """(score - random) / (best - random) with the dataset's reference returns.
+
+    NaN without them, and NaN where the best policy does not beat random (weak behaviour data, e.g. a short PPO run):
+    dividing by a zero or negative gap would turn a random-level return into a score of 1 or of millions.
+    """
+    if info.ref_min is None or info.ref_max is None or not info.ref_max > info.ref_min:
         return float("nan")
     return (value - info.ref_min) / (info.ref_max - info.ref_min)
 
@@ -94,16 +98,20 @@ def domain_scores(rows: list[dict]) -> dict[tuple[str, str], float]:
     groups: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["domain"]), []).append(r["normalized"])
-    return {k: float(np.nanmean(v)) for k, v in groups.items()}
+    return {k: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for k, v in groups.items()}
+
+
+def _score(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.3f}"
 
 
 def markdown_table(rows: list[dict]) -> str:
     """Per-task returns and normalised scores, then per-domain means, as Markdown."""
     lines = ["| model | domain | task | return | normalized |", "|---|---|---|---:|---:|"]
     lines += [f"| {r['model']} | {r['domain']} | {r['task']} | {r['return']:.1f} ± {r['return_std']:.1f} | "
-              f"{r['normalized']:.3f} |" for r in rows]
+              f"{_score(r['normalized'])} |" for r in rows]
     lines += ["", "| model | domain | mean normalized score |", "|---|---|---:|"]
-    lines += [f"| {m} | {d} | {s:.3f} |" for (m, d), s in domain_scores(rows).items()]
+    lines += [f"| {m} | {d} | {_score(s)} |" for (m, d), s in domain_scores(rows).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
 """A short training run lowers the loss and resumes; evaluation runs in every domain's env; the pipeline runs."""
 import csv
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -64,9 +65,14 @@ def test_scores_table_and_extrapolation(tasks):
     info = tasks[0].info
     assert normalized_score(info.ref_max, info) == pytest.approx(1.0)
     assert normalized_score(info.ref_min, info) == pytest.approx(0.0)
+    # weak behaviour data: a "best" at or below random has no scale, so no score (not 1.0 or millions)
+    for best in (info.ref_min, info.ref_min - 5.0):
+        assert np.isnan(normalized_score(info.ref_min, dataclasses.replace(info, ref_max=best)))
     table = markdown_table([{"model": "lram", "task": "t", "domain": "d", "return": 1.0, "return_std": 0.0,
                              "normalized": 0.5}])
     assert "| lram | d | 0.500 |" in table
+    assert "| lram | d | n/a |" in markdown_table([{"model": "lram", "task": "t", "domain": "d", "return": 1.0,
+                                                    "return_std": 0.0, "normalized": float("nan")}])
     model = ActionModel(ActionModelConfig(**SMALL))
     rows = context_extrapolation(model, MultiTaskSampler(tasks, 8, 40, 4), factors=(1, 2), batches=1, batch_size=4)
     assert [r["length"] for r in rows] == [8, 16] and all(np.isfinite(r["loss"]) for r in rows)
