@@ -73,10 +73,14 @@ def evaluate_task(model: ActionModel, info: TaskInfo, episodes: int = 4, num_env
 def normalized_score(value: float, info: TaskInfo) -> float:
     """(score - random) / (best - random) with the dataset's reference returns.
 
-    NaN without them, and NaN where the best policy does not beat random (weak behaviour data, e.g. a short PPO run):
-    dividing by a zero or negative gap would turn a random-level return into a score of 1 or of millions.
+    NaN without them, and NaN where the best policy does not clearly beat random (weak behaviour data, e.g. a short
+    PPO run): a gap at or below zero, or below 1e-6 of the returns' scale (at least 1), would turn a random-level
+    return into a score of 1 or of millions.
     """
-    if info.ref_min is None or info.ref_max is None or not info.ref_max > info.ref_min:
+    if info.ref_min is None or info.ref_max is None:
+        return float("nan")
+    scale = max(abs(info.ref_min), abs(info.ref_max), 1.0)
+    if not info.ref_max - info.ref_min > 1e-6 * scale:
         return float("nan")
     return (value - info.ref_min) / (info.ref_max - info.ref_min)
 

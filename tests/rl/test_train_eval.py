@@ -66,7 +66,7 @@ def test_scores_table_and_extrapolation(tasks):
     assert normalized_score(info.ref_max, info) == pytest.approx(1.0)
     assert normalized_score(info.ref_min, info) == pytest.approx(0.0)
     # weak behaviour data: a "best" at or below random has no scale, so no score (not 1.0 or millions)
-    for best in (info.ref_min, info.ref_min - 5.0):
+    for best in (info.ref_min, info.ref_min - 5.0, info.ref_min + 1e-12):
         assert np.isnan(normalized_score(info.ref_min, dataclasses.replace(info, ref_max=best)))
     table = markdown_table([{"model": "lram", "task": "t", "domain": "d", "return": 1.0, "return_std": 0.0,
                              "normalized": 0.5}])
