@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
-from kernels.mlstm.chunkwise_triton import _logsigmoid
+from kernels.mlstm.reference import MLSTMState
+from kernels.mlstm.step_triton import _gate_update
 
-MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 _ACTIVATIONS = {None: 0, "silu": 1, "gelu": 2}
 
 
@@ -127,14 +127,7 @@ def _mlstm_cell_kernel(X, NW, WG, BG, QKVO, C, N, M, C_OUT, N_OUT, M_OUT, HNW, O
     if HAS_CAP:
         ig = cap * _tanh(ig / cap)
         fg = cap * _tanh(fg / cap)
-    # gate weights of the old memory and of the new outer product (as kernels/mlstm/step_triton.py)
-    log_f = _logsigmoid(fg)
-    log_i = _logsigmoid(ig) if SIG else ig
-    if SIG:
-        m_new = log_f * 0.0
-    else:
-        m_new = tl.maximum(log_f + m_old, log_i)
-    forget, write = tl.exp(log_f + m_old - m_new), tl.exp(log_i - m_new)
+    m_new, forget, write = _gate_update(ig, fg, m_old, SIG)
     c = write * k[:, None] * v[None, :]
     n = write * k
     if HAS_STATE:

@@ -37,9 +37,8 @@ from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
 from kernels.mlstm.chunk_states_triton import chunk_states, state_buffers
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
+from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice
-
-MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 # Modes of the rank-1 term of the intra kernel: none, a = per-row scalar (b = 1), b = per-column scalar (a = 1).
 _AUG_NONE, _AUG_ROWS, _AUG_COLS = 0, 1, 2

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
+from kernels.mlstm.chunkwise_triton import _logsigmoid
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
@@ -45,11 +46,6 @@ def _pow2(n: int, low: int = 16) -> int:
 def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int]:
     br, bj, bd, bx, warps = INTERPRETER_TILES if interpreter_enabled() else TILES[case]
     return br, bj, min(bd, _pow2(max(dk, dv))), min(bx, _pow2(max(dk, dv))), warps
-
-
-@triton.jit
-def _logsigmoid(x):
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
 
 
 @triton.jit

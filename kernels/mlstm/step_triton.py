@@ -12,29 +12,33 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.chunkwise_triton import _logsigmoid, _pow2
+from kernels.mlstm.reference import MLSTMState
 
-MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+@triton.jit
+def _gate_update(ig, fg, m_old, SIG: tl.constexpr):
+    """From the input / forget gate pre-activations and the old stabiliser: the stabiliser after the step and the
+    weights of the old memory and of the new key-value outer product."""
+    log_f = _logsigmoid(fg)
+    log_i = _logsigmoid(ig) if SIG else ig
+    if SIG:
+        m_new = log_f * 0.0
+    else:
+        m_new = tl.maximum(log_f + m_old, log_i)
+    return m_new, tl.exp(log_f + m_old - m_new), tl.exp(log_i - m_new)
 
 
 @triton.jit
 def _step_gates(IG, FG, M, bh, NH, stride_gb, stride_gh, SIG: tl.constexpr, HAS_STATE: tl.constexpr):
-    """Stabiliser after the step and the weights of the old memory and of the new key-value outer product."""
+    """`_gate_update` for the gates of program (batch * head) bh, read from IG / FG, and the old stabiliser from M."""
     off = (bh // NH) * stride_gb + (bh % NH) * stride_gh
-    log_f = _logsigmoid(tl.load(FG + off).to(tl.float32))
-    log_i = tl.load(IG + off).to(tl.float32)
-    if SIG:
-        log_i = _logsigmoid(log_i)
     if HAS_STATE:
         m_old = tl.load(M + bh)
     elif SIG:
         m_old = 0.0
     else:
         m_old = float("-inf")
-    if SIG:
-        m_new = log_f * 0.0
-    else:
-        m_new = tl.maximum(log_f + m_old, log_i)
-    return m_new, tl.exp(log_f + m_old - m_new), tl.exp(log_i - m_new)
+    return _gate_update(tl.load(IG + off).to(tl.float32), tl.load(FG + off).to(tl.float32), m_old, SIG)
 
 
 @triton.jit
