@@ -8,6 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import envs as _envs  # noqa: F401  (registers the xlstmkit/* env ids)
 from .data.loader import MultiTaskSampler, TaskInfo, step_tensors, symlog
@@ -86,14 +87,20 @@ def normalized_score(value: float, info: TaskInfo) -> float:
 
 
 def evaluate_models(models: dict[str, ActionModel], infos: list[TaskInfo], episodes: int = 4, num_envs: int = 4,
-                    seed: int = 0, window: int = 0, device: str | torch.device = "cpu") -> list[dict]:
-    """Rows ``{model, task, domain, return, return_std, normalized}`` for every model and task."""
+                    seed: int = 0, window: int = 0, device: str | torch.device = "cpu",
+                    progress: bool = False) -> list[dict]:
+    """Rows ``{model, task, domain, return, return_std, normalized}`` for every model and task (``progress``: a
+    tqdm bar over the model-task pairs)."""
     rows = []
+    bar = tqdm(total=len(models) * len(infos), desc="evaluate", disable=not progress)
     for name, model in models.items():
         for info in infos:
+            bar.set_postfix_str(f"{name} {info.name}")
             returns = evaluate_task(model, info, episodes, num_envs, seed, window, device=device)
             rows.append({"model": name, "task": info.name, "domain": info.domain, "return": float(returns.mean()),
                          "return_std": float(returns.std()), "normalized": normalized_score(returns.mean(), info)})
+            bar.update()
+    bar.close()
     return rows
 
 

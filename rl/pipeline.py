@@ -75,7 +75,8 @@ def run(cfg: dict, progress: bool = True) -> dict:
         results[f"params_{backbone}"] = sum(p.numel() for p in models[backbone].backbone.parameters())
     ev = dict(cfg.get("eval", {}))
     rows = evaluate_models(models, [t.info for t in tasks if t.info.env_id], ev.get("episodes", 4),
-                           ev.get("num_envs", 4), ev.get("seed", 0), window=train_cfg.context, device=device)
+                           ev.get("num_envs", 4), ev.get("seed", 0), window=train_cfg.context, device=device,
+                           progress=progress)
     _write_csv(rows, out_dir / "eval.csv")
     (out_dir / "eval.md").write_text(markdown_table(rows))
     bar_plot(rows, out_dir / "scores.png")
