@@ -68,15 +68,15 @@ def post_up_block_step(block: nn.Module, x: torch.Tensor, state: LayerState | No
     backend = backend or cfg.backend
     x = x[:, 0]
     qkvo = decode.linear(x, layer.qkvo.weight, norm_weight=block.norm_mixer.weight, eps=block.norm_mixer.eps,
-                         bias=layer.qkvo.bias, backend=backend)
+                         bias=layer.qkvo.bias, pdl=True, backend=backend)
     gated, cell_state = decode.mlstm_cell(
         x, qkvo, None if state is None else state.cell, num_heads=cfg.num_heads, norm_weight=block.norm_mixer.weight,
         norm_eps=block.norm_mixer.eps, gate_weight=layer.gates.weight, gate_bias=layer.gates.bias,
         gate_soft_cap=cfg.gate_soft_cap, head_norm_weight=layer.norm.weight, head_norm_eps=layer.norm.eps,
-        variant=cfg.mlstm_variant, inplace=_IN_PLACE.get() and state is not None, backend=backend)
-    x = decode.linear(gated, layer.out.weight, bias=layer.out.bias, residual=x, backend=backend)
+        variant=cfg.mlstm_variant, inplace=_IN_PLACE.get() and state is not None, pdl=True, backend=backend)
+    x = decode.linear(gated, layer.out.weight, bias=layer.out.bias, residual=x, pdl=True, backend=backend)
     ffn = block.ffn
     hidden = decode.linear(x, ffn.up.weight, norm_weight=block.norm_ffn.weight, eps=block.norm_ffn.eps,
-                           bias=ffn.up.bias, activation=_activation_name(block), backend=backend)
-    x = decode.linear(hidden, ffn.down.weight, bias=ffn.down.bias, residual=x, backend=backend)
+                           bias=ffn.up.bias, activation=_activation_name(block), pdl=True, backend=backend)
+    x = decode.linear(hidden, ffn.down.weight, bias=ffn.down.bias, residual=x, pdl=True, backend=backend)
     return x.unsqueeze(1), LayerState(None, cell_state)

@@ -3,6 +3,11 @@ neighbours fused in (definitions in kernels/decode/reference.py, Triton kernels 
 
 `linear` is [residual +] act(rmsnorm(x) W^T + b) with each part optional; `mlstm_cell` is the gate projection,
 one mLSTM step, the per-head norm and the output gate of an xLSTM-7B mLSTM layer. Both are forward only.
+
+With ``pdl=True`` the Triton kernels launch with programmatic dependent launch where the GPU and Triton support
+it (`kernels.decode.triton.pdl_supported`: compute capability 9.0+): each starts while the kernel before it finishes
+and reads that kernel's output only after waiting for it, so back-to-back decode kernels (a block step, a CUDA graph
+of them) overlap their launch and weight fetch with the previous kernel's tail. Elsewhere the flag does nothing.
 """
 from __future__ import annotations
 
@@ -38,12 +43,13 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6,
            bias: torch.Tensor | None = None, activation: str | None = None, residual: torch.Tensor | None = None,
-           backend: str = "auto") -> torch.Tensor:
+           pdl: bool = False, backend: str = "auto") -> torch.Tensor:
     """out = [residual +] act(rmsnorm(x) W^T + b) for x (B, K), B <= MAX_BATCH.
 
     weight: (N, K), or (2 N, K) with ``activation`` ("silu" | "gelu"), whose first N rows are the gate and last N
     rows the up projection (out = act(gate) * up); norm_weight: (K,) turns on the RMS-norm prologue with ``eps``;
-    bias: (N,) or (2 N,); residual: (B, N). Returns (B, N) in x's dtype.
+    bias: (N,) or (2 N,); residual: (B, N); pdl: see the module docstring (weight is prefetched before the wait).
+    Returns (B, N) in x's dtype.
     """
     check_tensor("weight", weight, 2, "(N, K)")
     _check_batch(x, weight.shape[1], "K")
@@ -61,16 +67,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor |
     check_same_device(x=x, weight=weight, norm_weight=norm_weight, bias=bias, residual=residual)
     kw = dict(norm_weight=norm_weight, eps=eps, bias=bias, activation=activation, residual=residual)
     if resolve_backend(backend, x.device, x.dtype) == "triton":
-        from kernels.decode.triton import linear_triton
+        from kernels.decode.triton import linear_triton, pdl_supported
 
-        return linear_triton(_unit_last(x), weight.contiguous(), **kw)
+        return linear_triton(_unit_last(x), weight.contiguous(), **kw, pdl=pdl and pdl_supported(x.device))
     return reference.linear(x, weight, **kw)
 
 
 def mlstm_cell(x: torch.Tensor, qkvo: torch.Tensor, state: MLSTMState | None = None, *, num_heads: int,
                norm_weight: torch.Tensor, norm_eps: float, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
                gate_soft_cap: float | None, head_norm_weight: torch.Tensor, head_norm_eps: float,
-               variant: str = "exp", eps: float = 1e-6, inplace: bool = False,
+               variant: str = "exp", eps: float = 1e-6, inplace: bool = False, pdl: bool = False,
                backend: str = "auto") -> tuple[torch.Tensor, MLSTMState]:
     """One token of an xLSTM-7B mLSTM cell: x (B, E) the block input (before its RMS norm, scale norm_weight),
     qkvo (B, 2 NH DK + 2 NH DV) the fused q, k, v, output-gate projection of the normed x; gate_weight (2 NH, E),
@@ -80,7 +86,8 @@ def mlstm_cell(x: torch.Tensor, qkvo: torch.Tensor, state: MLSTMState | None = N
     Returns (out (B, NH DV) = sigmoid(o) * headnorm(h) in x's dtype, new state in fp32). The given state is left
     as it was, except with inplace=True on the Triton backend, which writes the new state over it (fp32, contiguous)
     and returns it, so that a CUDA graph owning the state needs no copies. The Triton backend takes heads for which
-    `cell_fits(DK, DV)`.
+    `cell_fits(DK, DV)`. pdl: see the module docstring; the state is read before the wait, so the kernel launched
+    just before this one must not write it (in a block step that kernel is the q/k/v/o projection).
     """
     _check_batch(x, None, "E")
     B, E = x.shape
@@ -106,7 +113,7 @@ def mlstm_cell(x: torch.Tensor, qkvo: torch.Tensor, state: MLSTMState | None = N
               head_norm_eps=head_norm_eps, variant=variant, eps=eps)
     if resolve_backend(backend, x.device, x.dtype) != "triton":
         return reference.mlstm_cell(x, qkvo, state, **kw)
-    from kernels.decode.triton import mlstm_cell_triton
+    from kernels.decode.triton import mlstm_cell_triton, pdl_supported
 
     dk = qk_width // (2 * num_heads)
     if not cell_fits(dk, dv):
@@ -117,7 +124,7 @@ def mlstm_cell(x: torch.Tensor, qkvo: torch.Tensor, state: MLSTMState | None = N
             raise ValueError("inplace=True needs the state (C, n, m) as contiguous fp32 tensors")
         state = tuple(s.float().contiguous() for s in state)
     return mlstm_cell_triton(_unit_last(x), _unit_last(qkvo), state, inplace=inplace,
-                             **{**kw, "gate_weight": gate_weight.contiguous()})
+                             pdl=pdl and pdl_supported(x.device), **{**kw, "gate_weight": gate_weight.contiguous()})
 
 
 __all__ = ["ACTIVATIONS", "MAX_BATCH", "MAX_HEAD_TILE", "cell_fits", "linear", "mlstm_cell"]

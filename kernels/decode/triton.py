@@ -9,9 +9,16 @@ products around it:
   `_mlstm_cell_kernel`: per (batch row, head) the gate projection (2 dot products of length E), one mLSTM step on
     the head's memory (one tile, all loads issued before the first wait), the head's layer norm and the sigmoid
     output gate.
+With pdl=True (Hopper and later) both launch with programmatic dependent launch (PDL): a kernel's programs start
+while the previous kernel finishes, fetch what does not depend on it (the linear's slice of W into L2 with one bulk
+prefetch, the cell's recurrent state into registers), then wait for the previous grid (`gdc_wait`) before reading
+its output, and only then let the next kernel start, so at most one kernel runs ahead and every earlier one is done.
 Definitions in kernels/decode/reference.py. Forward only.
 """
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import torch
 import triton
@@ -29,6 +36,46 @@ def _tanh(x):
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)  # saturates to +-1 without inf / inf
 
 
+@functools.cache
+def pdl_supported(device: torch.device) -> bool:
+    """Whether kernels on ``device`` can launch with PDL: a CUDA GPU of compute capability 9.0 or later, a Triton
+    with grid dependency control, and not the interpreter."""
+    if device.type != "cuda" or interpreter_enabled() or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    gdc = triton.language.extra.cuda
+    return (hasattr(gdc, "gdc_wait") and hasattr(gdc, "gdc_launch_dependents")
+            and "launch_pdl" in {f.name for f in dataclasses.fields(CUDAOptions)})
+
+
+def _bulk_prefetch_fits(weight: torch.Tensor) -> bool:
+    """The bulk prefetch moves 16-byte aligned multiples of 16 bytes: rows (and so slices of rows) must be."""
+    row_bytes = weight.stride(0) * weight.element_size()
+    return row_bytes % 16 == 0 and weight.data_ptr() % 16 == 0
+
+
+def _launch_options(pdl: bool) -> dict:
+    """Extra launch options: none without PDL, so that a Triton without the `launch_pdl` option still launches."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+@triton.jit
+def _prefetch_l2(ptr, nbytes):
+    """One thread of the program asks the copy engine to bring nbytes at ptr (16-byte aligned) into L2."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred first; .reg .u32 tid; mov.u32 tid, %tid.x; setp.eq.u32 first, tid, 0;\n"
+        "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _wait_previous_grid():
+    """Block until the previous kernel is done and its writes are visible, then let the next kernel start."""
+    tl.extra.cuda.gdc_wait()
+    tl.extra.cuda.gdc_launch_dependents()
+
+
 @triton.jit
 def _mac(acc, x, w, DOT: tl.constexpr, PRECISION: tl.constexpr):
     """acc (BM, BN) += x (BM, BK) w (BN, BK)^T: on the matrix units, or as a broadcast product (rows of one)."""
@@ -40,11 +87,19 @@ def _mac(acc, x, w, DOT: tl.constexpr, PRECISION: tl.constexpr):
 @triton.jit
 def _linear_kernel(X, NW, W, BIAS, RES, OUT, M, N, K, stride_xm, stride_wn, stride_rm, stride_om, eps,
                    NORM: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                   DOT: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                   BK: tl.constexpr):
+                   DOT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     offs_m = tl.program_id(1) * BM + tl.arange(0, BM)
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     mask_m, mask_n = offs_m < M, offs_n < N
+    if PREFETCH:  # this program's rows of W (and of its up half) are contiguous: one bulk copy each into L2
+        first_row = tl.program_id(0) * BN
+        nbytes = tl.minimum(N - first_row, BN) * stride_wn * (W.dtype.element_ty.primitive_bitwidth // 8)
+        _prefetch_l2(W + first_row * stride_wn, nbytes)
+        if ACT != 0:
+            _prefetch_l2(W + (N + first_row) * stride_wn, nbytes)
+    if PDL:  # x and the residual are the previous kernels' outputs
+        _wait_previous_grid()
     x_rows = X + offs_m[:, None] * stride_xm
     # the norm is a per-row scale: sum(x * nw * w) / rms(x), so its squares accumulate in the same pass
     squares = tl.zeros((BM, BK), dtype=tl.float32)
@@ -86,18 +141,14 @@ def _linear_kernel(X, NW, W, BIAS, RES, OUT, M, N, K, stride_xm, stride_wn, stri
 @triton.jit
 def _mlstm_cell_kernel(X, NW, WG, BG, QKVO, C, N, M, C_OUT, N_OUT, M_OUT, HNW, OUT, NH, E, DK, DV,
                        stride_xb, stride_qb, stride_ob, scale, norm_eps, cap, head_eps, eps,
-                       SIG: tl.constexpr, HAS_STATE: tl.constexpr, HAS_CAP: tl.constexpr, BE: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr):
+                       SIG: tl.constexpr, HAS_STATE: tl.constexpr, HAS_CAP: tl.constexpr, PDL: tl.constexpr,
+                       BE: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     bh = tl.program_id(0)
     b, head = bh // NH, bh % NH
-    # every load that does not need the gates goes out first: the head's whole memory is one tile
+    # every load that does not need the gates goes out first: the head's whole memory is one tile; the state and
+    # the scale are not written by the previous kernel (a PDL launch overlaps it), q/k/v/o and x are
     offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
     mask_k, mask_v = offs_k < DK, offs_v < DV
-    row = QKVO + b * stride_qb
-    q = tl.load(row + head * DK + offs_k, mask=mask_k, other=0.0).to(tl.float32) * scale
-    k = tl.load(row + (NH + head) * DK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-    v = tl.load(row + 2 * NH * DK + head * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
-    o = tl.load(row + 2 * NH * DK + (NH + head) * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     head_scale = tl.load(HNW + head * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     tile = (bh.to(tl.int64) * DK + offs_k[:, None]) * DV + offs_v[None, :]
     mask = mask_k[:, None] & mask_v[None, :]
@@ -109,6 +160,13 @@ def _mlstm_cell_kernel(X, NW, WG, BG, QKVO, C, N, M, C_OUT, N_OUT, M_OUT, HNW, O
         m_old = 0.0
     else:
         m_old = float("-inf")
+    if PDL:
+        _wait_previous_grid()
+    row = QKVO + b * stride_qb
+    q = tl.load(row + head * DK + offs_k, mask=mask_k, other=0.0).to(tl.float32) * scale
+    k = tl.load(row + (NH + head) * DK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    v = tl.load(row + 2 * NH * DK + head * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    o = tl.load(row + 2 * NH * DK + (NH + head) * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
     # input / forget gate of this head: rmsnorm(x) . w = (x * nw) . w / rms(x), one pass over x
     squares = tl.zeros((BE,), dtype=tl.float32)
     dot_i = tl.zeros((BE,), dtype=tl.float32)
@@ -177,10 +235,11 @@ _BATCH_TUNER = triton.autotune(_BATCH_CONFIGS, key=_KEY, prune_configs_by={"earl
 
 @torch.compiler.disable
 def linear_triton(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.Tensor | None, eps: float,
-                  bias: torch.Tensor | None, activation: str | None,
-                  residual: torch.Tensor | None) -> torch.Tensor:
+                  bias: torch.Tensor | None, activation: str | None, residual: torch.Tensor | None,
+                  pdl: bool) -> torch.Tensor:
     """See reference.linear; x (B, K) with unit last stride, weight (N or 2 N, K) contiguous. The tile is autotuned
-    per shape on the first call (one small config under the interpreter)."""
+    per shape on the first call (one small config under the interpreter). pdl=True (only where `pdl_supported`)
+    launches with PDL and prefetches W into L2 before waiting for x."""
     m, k = x.shape
     n = weight.shape[0] // (1 if activation is None else 2)
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -188,12 +247,13 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.T
             x if residual is None else residual, out, m, n, k, x.stride(0), weight.stride(0),
             0 if residual is None else residual.stride(0), out.stride(0), eps)
     flags = dict(NORM=norm_weight is not None, ACT=_ACTIVATIONS[activation], HAS_BIAS=bias is not None,
-                 HAS_RES=residual is not None, PRECISION="ieee" if weight.dtype == torch.float32 else "tf32")
+                 HAS_RES=residual is not None, PRECISION="ieee" if weight.dtype == torch.float32 else "tf32",
+                 PDL=pdl, PREFETCH=pdl and _bulk_prefetch_fits(weight))
     grid = lambda meta: (triton.cdiv(n, meta["BN"]), triton.cdiv(m, meta["BM"]))
     if interpreter_enabled():
         _linear_kernel[grid](*args, **flags, DOT=m > 1, BM=1 if m == 1 else 16, BN=16, BK=32)
     else:
-        (_ROW_TUNER if m == 1 else _BATCH_TUNER)[grid](*args, **flags)
+        (_ROW_TUNER if m == 1 else _BATCH_TUNER)[grid](*args, **flags, **_launch_options(pdl))
     return out
 
 
@@ -201,11 +261,11 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, *, norm_weight: torch.T
 def mlstm_cell_triton(x: torch.Tensor, qkvo: torch.Tensor, state: MLSTMState | None, *, num_heads: int,
                       norm_weight: torch.Tensor, norm_eps: float, gate_weight: torch.Tensor, gate_bias: torch.Tensor,
                       gate_soft_cap: float | None, head_norm_weight: torch.Tensor, head_norm_eps: float,
-                      variant: str, eps: float, inplace: bool) -> tuple[torch.Tensor, MLSTMState]:
+                      variant: str, eps: float, inplace: bool, pdl: bool) -> tuple[torch.Tensor, MLSTMState]:
     """See reference.mlstm_cell; x, qkvo with unit last stride, state contiguous fp32 (or None), DK x DV within
     kernels.decode.MAX_HEAD_TILE.
     inplace=True writes the new state over the given one (each program reads its head's memory before it writes
-    it), else into fresh buffers."""
+    it), else into fresh buffers. pdl=True (only where `pdl_supported`) launches with PDL, the state loads first."""
     B, E = x.shape
     dv = head_norm_weight.shape[0] // num_heads
     dk = (qkvo.shape[1] - 2 * num_heads * dv) // (2 * num_heads)
@@ -221,6 +281,7 @@ def mlstm_cell_triton(x: torch.Tensor, qkvo: torch.Tensor, state: MLSTMState | N
     _mlstm_cell_kernel[(B * num_heads,)](
         x, norm_weight, gate_weight, gate_bias, qkvo, c, n, m, *new_state, head_norm_weight, out, num_heads, E, dk,
         dv, x.stride(0), qkvo.stride(0), out.stride(0), dk**-0.5, norm_eps, gate_soft_cap or 1.0, head_norm_eps, eps,
-        SIG=variant == "sig", HAS_STATE=state is not None, HAS_CAP=gate_soft_cap is not None,
-        BE=min(triton.next_power_of_2(E), 4096), BK=BK, BV=BV, num_warps=8 if BK * BV >= 4096 else 4)
+        SIG=variant == "sig", HAS_STATE=state is not None, HAS_CAP=gate_soft_cap is not None, PDL=pdl,
+        BE=min(triton.next_power_of_2(E), 4096), BK=BK, BV=BV, num_warps=8 if BK * BV >= 4096 else 4,
+        **_launch_options(pdl))
     return out, new_state

@@ -129,3 +129,19 @@ def test_lram_shapes_on_gpu(B, dtype):
                                           **double(params), **kw)
     assert_close(out, ref, dtype, "cell out")
     assert_close(new_state[0], ref_state[0], dtype, "cell C", atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_programmatic_launch_changes_nothing_but_timing():
+    """pdl=True (programmatic dependent launch on sm90+, a no-op elsewhere) gives bitwise the same outputs, also
+    when the launches follow each other as in a block step."""
+    args, kw = _linear_inputs(1, 3072, 1024, torch.bfloat16, norm=True, bias=False, activation=None, residual=False)
+    cell, params, state = _cell_inputs(1, 8, 1024, 64, 128, torch.bfloat16, with_state=True, variant="exp")
+    cell_kw = dict(num_heads=8, norm_eps=1e-6, gate_soft_cap=15.0, head_norm_eps=1e-6, **params)
+    outs = []
+    for pdl in (False, True):
+        qkvo = decode.linear(cell["x"], args["weight"], norm_weight=kw["norm_weight"], pdl=pdl)
+        out, new_state = decode.mlstm_cell(cell["x"], qkvo, state, **cell_kw, pdl=pdl)
+        outs.append((qkvo, out, *new_state))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
