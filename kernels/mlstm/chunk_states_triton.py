@@ -9,10 +9,13 @@ All chunks' local terms are independent matrix products (`_local_kernel`, one pr
 chunk, so the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order, which
 makes it bound by memory bandwidth rather than by the latency of dependent matrix products.
 
-States live in the slots of kernels/mlstm/chunk_layout.py. The local kernel writes each chunk's term in fp32 into
-the slot of the state it feeds (forward: the state after the chunk; reverse: the gradient before it); the scan reads
-it there and writes the carried state to a copy in the inputs' dtype, which is what the intra kernel reads (bf16
-inputs: half the bytes), and in fp32 only where the walk ends (the last state, or the initial state's gradient).
+States live in the slots of kernels/mlstm/chunk_layout.py, in the inputs' dtype (what the intra kernel reads; bf16
+inputs: half the bytes of fp32). The local kernel writes each chunk's term, rounded to that dtype, into the slot of
+the state it feeds (forward: the state after the chunk; reverse: the gradient before it); the scan carries the state
+in fp32, reads each local term from its slot and overwrites it with the carried state, and writes the fp32 state
+where the walk ends (the last state, or the initial state's gradient) to a per-sequence buffer. Rounding the local
+terms costs about what rounding the carried states already does, and takes the fp32 round trip (4 bytes written
+and read per state element and pass) off the state pass.
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ def _local_kernel(
     DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr,
 ):
-    """BA rows of one chunk's local term (all DX columns, in blocks of BX), its share of the vector term and the
-    chunk's scalars.
+    """BA rows of one chunk's local term (all DX columns, in blocks of BX; stored in OUT_C's dtype), its share of the
+    vector term (fp32) and the chunk's scalars.
 
     The chunk's A rows are read once, transposed straight from memory, and weighted by the per-row weights; that
     (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged.
@@ -86,19 +89,20 @@ def _local_kernel(
         xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :], mask=mask_l[:, None] & mask_x[None, :],
                      other=0.0)
         acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
-        tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc, mask=mask_a[:, None] & mask_x[None, :])
+        tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty), mask=mask_a[:, None] & mask_x[None, :])
 
 
 @triton.jit
 def _scan_kernel(
-    STATE, LOW, INIT, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size,
-    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_M: tl.constexpr, BLOCK: tl.constexpr,
+    STATE, END, INIT, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size,
+    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_M: tl.constexpr, WRITE_END: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One block of the flattened matrix (or vector) state of one sequence and head, carried across its chunks.
 
-    STATE holds each chunk's local term on entry. The carried state goes to LOW (in LOW's dtype) at every slot and,
-    in fp32, to STATE at the slot where the walk ends. With WRITE_M (forward) the first program of each sequence
-    and head also writes the stabiliser m of every slot.
+    STATE holds each chunk's local term on entry; the carried state (fp32 in registers) replaces it at every slot,
+    in STATE's dtype. With WRITE_END the fp32 state where the walk ends also goes to END (n_seqs, NH, size). With
+    WRITE_M (forward) the first program of each sequence and head also writes the stabiliser m of every slot.
     """
     pid = tl.program_id(0)
     seq = tl.program_id(1)
@@ -113,11 +117,8 @@ def _scan_kernel(
         acc = tl.load(INIT + head_seq * size + offs, mask=mask, other=0.0)
     else:
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    if REVERSE:
-        edge, end = first_slot + n_seq_chunks, first_slot
-    else:
-        edge, end = first_slot, first_slot + n_seq_chunks
-    tl.store(LOW + (edge * NH + head) * size + offs, acc.to(LOW.dtype.element_ty), mask=mask)
+    edge = first_slot + n_seq_chunks if REVERSE else first_slot
+    tl.store(STATE + (edge * NH + head) * size + offs, acc.to(STATE.dtype.element_ty), mask=mask)
     if SIG:
         m = tl.full([], 0.0, tl.float32)
     elif HAS_INIT and not REVERSE:
@@ -149,9 +150,11 @@ def _scan_kernel(
             m = m_end
         if WRITE_M:
             tl.store(MSTATE + dst * NH + head, m, mask=pid == 0)
-        acc = carry * acc + scale * tl.load(STATE + (dst * NH + head) * size + offs, mask=mask, other=0.0)
-        tl.store(LOW + (dst * NH + head) * size + offs, acc.to(LOW.dtype.element_ty), mask=mask)
-    tl.store(STATE + (end * NH + head) * size + offs, acc, mask=mask)
+        ptrs = STATE + (dst * NH + head) * size + offs
+        acc = carry * acc + scale * tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(ptrs, acc.to(STATE.dtype.element_ty), mask=mask)
+    if WRITE_END:
+        tl.store(END + head_seq * size + offs, acc, mask=mask)
 
 
 def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
@@ -173,21 +176,19 @@ def _local_tiles() -> TileChoice:
 LOCAL_TILES = _local_tiles()
 
 
-def state_buffers(n_slots: int, NH: int, DA: int, DX: int, dtype: torch.dtype, device) -> tuple:
-    """(out_c, out_low, out_n) for `chunk_states`: fp32 work space, the states in the inputs' dtype (the same tensor
-    as out_c for fp32 inputs), fp32 vector states."""
-    out_c = torch.empty(n_slots, NH, DA, DX, device=device, dtype=torch.float32)
-    out_low = out_c if dtype == torch.float32 else torch.empty_like(out_c, dtype=dtype)
-    return out_c, out_low, torch.empty(n_slots, NH, DA, device=device, dtype=torch.float32)
+def state_buffers(layout: ChunkLayout, NH: int, DA: int, DX: int, dtype: torch.dtype, device) -> tuple:
+    """(out_c, out_end, out_n) for `chunk_states`: the matrix states at every slot in the inputs' dtype, the fp32
+    matrix state where each sequence's walk ends, the fp32 vector states at every slot."""
+    out_c = torch.empty(layout.n_slots, NH, DA, DX, device=device, dtype=dtype)
+    out_end = torch.empty(layout.n_seqs, NH, DA, DX, device=device, dtype=torch.float32)
+    return out_c, out_end, torch.empty(layout.n_slots, NH, DA, device=device, dtype=torch.float32)
 
 
-def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_low, out_n, init,
+def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_end, out_n, init,
                  a_mult: float, reverse: bool, sig: bool, precision: str, xaug=None, mrows=None) -> None:
-    """Fill out_low (n_slots, NH, DA, DX) and out_n (n_slots, NH, DA) with the states at every chunk boundary.
-
-    out_c (fp32, same shape as out_low, may be out_low itself) is work space for the chunks' local terms; on return
-    it holds the fp32 state at the slot where the walk ends (forward: each sequence's last slot, reverse: its first).
-    out_low may have a lower precision (the inputs' dtype): the intra kernel reads it, and it is half the bytes.
+    """Fill out_c (n_slots, NH, DA, DX, any float dtype: the inputs' one) and out_n (n_slots, NH, DA, fp32) with the
+    states at every chunk boundary, and out_end (n_seqs, NH, DA, DX, fp32) with the matrix state where each
+    sequence's walk ends (forward: after its last chunk, reverse: before its first).
     Forward (reverse=False): A = k, X = v, init = (C0, n0, m0) or None; also fills mstate (n_slots, NH).
     Reverse: A = q, X = dnum, xaug = d qn, a_mult = scale, mrows = the forward's row stabilisers, mstate as the
     forward filled it, init = (dC_last, dn_last, None) or None; gives the state gradients.
@@ -210,9 +211,9 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
     BLOCK = 1024
-    for state, low, init_x, size in ((out_c, out_low, init_c, DA * DX), (out_n, out_n, init_n, DA)):
+    for state, end, init_x, size in ((out_c, out_end, init_c, DA * DX), (out_n, None, init_n, DA)):
         _scan_kernel[(triton.cdiv(size, BLOCK), layout.n_seqs, NH)](
-            state, low, init_x, init_m, mstate, chunk_g, chunk_l, layout.seqs, layout.n_seqs, NH, size,
-            REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, WRITE_M=not reverse and state is out_n, BLOCK=BLOCK,
-            num_warps=4,
+            state, end if end is not None else dummy, init_x, init_m, mstate, chunk_g, chunk_l, layout.seqs,
+            layout.n_seqs, NH, size, REVERSE=reverse, SIG=sig, HAS_INIT=init is not None,
+            WRITE_M=not reverse and state is out_n, WRITE_END=end is not None, BLOCK=BLOCK, num_warps=4,
         )

@@ -337,11 +337,11 @@ def _states(k, v, gb, gli, layout, chunk_size, init, sig):
     """Forward states at every slot in k's dtype (for the intra kernel and the backward), n and m in fp32, and the
     last states (C, n, m) in fp32."""
     NH, DK, DV = k.shape[1], k.shape[-1], v.shape[-1]
-    c32, c, n = state_buffers(layout.n_slots, NH, DK, DV, k.dtype, k.device)
+    c, c_last, n = state_buffers(layout, NH, DK, DV, k.dtype, k.device)
     m = torch.empty(layout.n_slots, NH, device=k.device, dtype=torch.float32)
-    chunk_states(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c32, out_low=c, out_n=n, init=init,
+    chunk_states(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c, out_end=c_last, out_n=n, init=init,
                  a_mult=1.0, reverse=False, sig=sig, precision=_precision(k.dtype))
-    last = tuple(x[layout.last_slots] for x in (c32, n, m))
+    last = (c_last, n[layout.last_slots], m[layout.last_slots])
     return c, n, m, last
 
 
@@ -427,9 +427,9 @@ class _MLSTMChunkwise(torch.autograd.Function):
             dc_last = torch.zeros_like(c_last) if dc_last is None else dc_last.float().contiguous()
             dn_last = torch.zeros_like(n_last) if dn_last is None else dn_last.float().contiguous()
             final = (dc_last, dn_last, None)
-        dc32, dc, dn = state_buffers(layout.n_slots, NH, DK, DV, q.dtype, q.device)
-        chunk_states(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc32,
-                     out_low=dc, out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig,
+        dc, dc_first, dn = state_buffers(layout, NH, DK, DV, q.dtype, q.device)
+        chunk_states(layout, chunk_size, A=q, X=dnum, xaug=dqn, gb=gb, gli=gli, mrows=mrows, mstate=m, out_c=dc,
+                     out_end=dc_first, out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig,
                      precision=_precision(q.dtype))
 
         kw = dict(gb=gb, gli=gli, mrows=mrows, mstate=m, scale=scale, sig=sig)
@@ -449,7 +449,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
         dc0 = dn0 = dm0 = None
         if c0 is not None:
             first = layout.first_slots
-            dc0, dn0 = dc32[first], dn[first]
+            dc0, dn0 = dc_first, dn[first]
             c0f, n0f, _ = _fold_initial(c0, n0, m0, sig)
             dm0 = (dc0 * c0f).sum((-1, -2)) + (dn0 * n0f).sum(-1)
             if sig:

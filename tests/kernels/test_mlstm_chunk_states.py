@@ -75,20 +75,20 @@ def test_chunk_states_match_sequential_recurrence(variant):
     # row stabilisers as the forward leaves them (m_t >= b_t + m_state), random weights for the vector term
     mrows, xaug = torch.zeros_like(b), rand(1, NH, S)
     for reverse in (False, True):
-        out_c = torch.full((layout.n_slots, NH, DA, DX), float("nan"))
-        out_low = torch.full_like(out_c, float("nan"))  # the low-precision copy, here in fp32 to check it exactly
+        out_c = torch.full((layout.n_slots, NH, DA, DX), float("nan"))  # fp32 here, to check it exactly
+        out_end = torch.full((n_seqs, NH, DA, DX), float("nan"))
         out_n = torch.full((layout.n_slots, NH, DA), float("nan"))
         state_in = init if not reverse else init[:2] + (None,)
         a_mult = 0.25 if reverse else 1.0
         m_in = mstate.clone()
-        chunk_states(layout, CHUNK, A=a, X=x, gb=b, gli=li, mstate=mstate, out_c=out_c, out_low=out_low, out_n=out_n,
+        chunk_states(layout, CHUNK, A=a, X=x, gb=b, gli=li, mstate=mstate, out_c=out_c, out_end=out_end, out_n=out_n,
                      init=state_in, a_mult=a_mult, reverse=reverse, sig=sig, precision="ieee",
                      xaug=xaug if reverse else None, mrows=mrows if reverse else None)
         aug = xaug if reverse else torch.ones_like(xaug)
         c_ref, n_ref, m_ref = _reference(a, x, aug, b, li, mrows, m_in, state_in, layout, sig, reverse, a_mult)
-        assert_close(out_low, c_ref, torch.float32, f"C (reverse={reverse})")
-        ends = layout.first_slots if reverse else layout.last_slots  # where the walk ends, out_c holds fp32 states
-        assert_close(out_c[ends], c_ref[ends], torch.float32, f"C at the ends (reverse={reverse})")
+        assert_close(out_c, c_ref, torch.float32, f"C (reverse={reverse})")
+        ends = layout.first_slots if reverse else layout.last_slots  # where each sequence's walk ends
+        assert_close(out_end, c_ref[ends], torch.float32, f"C at the ends (reverse={reverse})")
         assert_close(out_n, n_ref, torch.float32, f"n (reverse={reverse})")
         if not reverse:
             torch.testing.assert_close(mstate.double(), m_ref, rtol=1e-6, atol=1e-6)
