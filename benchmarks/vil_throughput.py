@@ -6,6 +6,8 @@
     python benchmarks/vil_throughput.py --compile       # also ViL-T and DeiT-T under torch.compile (same run)
     python benchmarks/vil_throughput.py --profile       # only print the top-25 GPU kernels of a ViL-T train and
                                                         # inference step (torch.profiler)
+    python benchmarks/vil_throughput.py --chain         # also time ViL-T's norm + skip + SiLU(z) chain for one block:
+                                                        # PyTorch vs fused Triton, eager and compiled
 
 Train = forward + backward + AdamW step under bf16 autocast; infer = forward under torch.inference_mode.
 Peak memory is torch.cuda.max_memory_allocated over the measured steps (weights and optimizer state included).
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,6 +33,7 @@ import timm
 
 # importing vision also registers the ViL models with timm
 from vision.throughput import synthetic_steps
+from xlstm_core import norm_gate
 
 SIZES = ("tiny", "small", "base")
 GIB = 2**30
@@ -111,7 +115,41 @@ def backend_agreement(img: int, batch: int, device: torch.device) -> float:
     return ((torch_out - triton_out).abs().max() / torch_out.abs().max()).item()
 
 
-UNITS = {"img_per_s": "img/s", "mem_gib": "GiB", "feature_diff": "rel"}
+def chain_timing(device: torch.device, backend: str, compiled: bool) -> dict[str, float]:
+    """Forward and forward + backward ms of ViL-T's output chain (norm_gate.norm_skip_gate) for one block: B=256,
+    196 tokens, 4 heads of 96, bf16 activations, fp32 parameters, with the conv branch's SiLU before it and the
+    bf16 cast after it (what inductor fuses with it in the layer). Compiled with backend="triton" is the fused op
+    inside the compiled graph (norm_gate.COMPILED_USES_TRITON set for the run)."""
+    from triton.testing import do_bench
+
+    B, T, NH, DH = 256, 196, 4, 96
+    inner = NH * DH
+
+    def leaf(*shape: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
+
+    leaves = (leaf(B, T, NH, DH), leaf(B, inner, T), leaf(B, T, 2 * inner),
+              *(leaf(inner, dtype=torch.float32) for _ in range(3)))
+    dy = torch.randn(B, T, inner, device=device, dtype=torch.bfloat16)
+
+    def chain(h, conv, up, weight, bias, skip):
+        return norm_gate.norm_skip_gate(h, F.silu(conv.transpose(1, 2)), up.chunk(2, dim=-1)[1], weight, bias, skip,
+                                        backend=backend).to(torch.bfloat16)
+
+    default = norm_gate.COMPILED_USES_TRITON
+    norm_gate.COMPILED_USES_TRITON = backend == "triton"
+    try:
+        fn = torch.compile(chain) if compiled else chain
+        with torch.no_grad():
+            fwd = do_bench(lambda: fn(*leaves), warmup=25, rep=100, return_mode="median")
+        fwd_bwd = do_bench(lambda: torch.autograd.grad(fn(*leaves), leaves, dy), warmup=25, rep=100,
+                           return_mode="median")
+    finally:
+        norm_gate.COMPILED_USES_TRITON = default
+    return {"fwd_ms": fwd, "fwd_bwd_ms": fwd_bwd}
+
+
+UNITS = {"img_per_s": "img/s", "mem_gib": "GiB", "feature_diff": "rel", "_ms": "ms"}
 
 
 def _rows(impl: str, case: str, metrics: dict[str, float], **fields: Any) -> list[dict[str, Any]]:
@@ -149,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
     parser.add_argument("--compile", action="store_true", help="also measure ViL-T and DeiT-T under torch.compile")
     parser.add_argument("--profile", action="store_true", help="print the top GPU kernels of ViL-T steps and exit")
+    parser.add_argument("--chain", action="store_true", help="also time ViL-T's norm-gate chain (GPU, one block)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     if args.profile:
@@ -211,6 +250,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _run(rows, save, "ours:triton", "tiny 224px bs8 vs torch", lambda: {
                 "max_rel_feature_diff": backend_agreement(224, 8, device)}, model="vil_tiny", img_size=224,
                 batch=8, dtype="bf16")
+    if args.chain and device.type == "cuda":
+        for compiled in (False, True):
+            for backend in ("torch", "triton"):
+                _run(rows, save, f"ours:{backend}", "norm-gate chain 1 block bs256" + " compiled" * compiled,
+                     lambda b=backend, c=compiled: chain_timing(device, b, c), model="vil_tiny", batch=256,
+                     dtype="bf16", backend=backend, compiled=compiled)
     if args.compile and "tiny" in sizes:  # last: compile times vary, and the rows above are the required ones
         batch = batches["tiny"]
         case = f"tiny {img}px bs{batch} compiled"

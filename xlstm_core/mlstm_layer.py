@@ -12,6 +12,7 @@ from kernels.dispatch import resolve_backend
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.conv import CausalConv1d, GridConv2d
 from xlstm_core.linear import BlockDiagonalLinear
+from xlstm_core.norm_gate import norm_skip_gate
 from xlstm_core.norms import MultiHeadNorm
 from xlstm_core.state import LayerState
 
@@ -69,7 +70,8 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 class mLSTMPreUpLayer(nn.Module):
     """xLSTM-paper mLSTM layer: up-project, conv + SiLU for q/k, block-diagonal q/k/v, gates from (q, k, v),
-    per-head norm, learnable skip, SiLU output gate, down-project. conv_mode="grid2d" is ViL's 3x3 token-grid conv."""
+    per-head norm, learnable skip, SiLU output gate (those three fused: xlstm_core/norm_gate.py), down-project.
+    conv_mode="grid2d" is ViL's 3x3 token-grid conv."""
 
     def __init__(self, cfg: xLSTMBlockStackConfig):
         super().__init__()
@@ -106,6 +108,14 @@ class mLSTMPreUpLayer(nn.Module):
         if self.norm_bias is not None:
             nn.init.zeros_(self.norm_bias)
 
+    def _dense_qkv_weight(self) -> torch.Tensor:
+        """[Wq | Wk | Wv] (inner, 3 inner): the three block-diagonal weights as dense matrices side by side, from
+        one broadcast multiply of the stacked blocks with an identity (y = x W)."""
+        blocks = torch.stack([proj.weight for proj in (self.q, self.k, self.v)], dim=2)  # (n, d, 3, e)
+        n, d, _, e = blocks.shape
+        eye = torch.eye(n, device=blocks.device, dtype=blocks.dtype)
+        return (blocks.unsqueeze(3) * eye.view(n, 1, 1, n, 1)).reshape(n * d, 3 * n * e)
+
     def _projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor):
         """q, k (from the conv branch), v (from the inner stream) and the input / forget gate pre-activations,
         which read cat(q, k, v).
@@ -113,21 +123,28 @@ class mLSTMPreUpLayer(nn.Module):
         With dense_qkv the gate weights are folded into the block-diagonal q/k/v weights (the gates' share of q is
         x_conv (Wq Gq) + bq Gq), so two GEMMs give everything: x_conv -> (q, k, gates of q and k) and
         x_inner -> (v, gates of v). Neither the (B, T, 3 * inner) gate input nor GEMMs with NH outputs are formed.
+        The folded weights take ~13 small kernels forward and about as many backward: eager ViL is launch-bound.
         """
         if not self.cfg.dense_qkv:
             q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_inner)
             gate_in = torch.cat([q, k, v], dim=-1)
             return q, k, v, self.igate(gate_in), self.fgate(gate_in)
         inner, NH = self.cfg.inner_dim, self.cfg.num_heads
-        g_q, g_k, g_v = torch.cat([self.igate.weight, self.fgate.weight]).t().split(inner)  # (inner, 2 NH) each
-        w_q, w_k, w_v = (proj.dense_weight() for proj in (self.q, self.k, self.v))
-        zeros = w_q.new_zeros(inner)
-        b_q, b_k, b_v = (zeros if proj.bias is None else proj.bias for proj in (self.q, self.k, self.v))
-        b_gates = torch.cat([self.igate.bias, self.fgate.bias]) + b_q @ g_q + b_k @ g_k + b_v @ g_v
-        q, k, gates_qk = F.linear(x_conv, torch.cat([w_q, w_k, w_q @ g_q + w_k @ g_k], dim=1).t(),
-                                  torch.cat([b_q, b_k, b_gates])).split([inner, inner, 2 * NH], dim=-1)
-        v, gates_v = F.linear(x_inner, torch.cat([w_v, w_v @ g_v], dim=1).t(),
-                              torch.cat([b_v, torch.zeros_like(b_gates)])).split([inner, 2 * NH], dim=-1)
+        w_qk, w_v = self._dense_qkv_weight().split([2 * inner, inner], dim=1)
+        gate_w = torch.cat([self.igate.weight, self.fgate.weight]).t()  # (3 inner, 2 NH): rows read q, k, v
+        g_qk, g_v = gate_w.split([2 * inner, inner])
+        w_conv = torch.cat([w_qk, w_qk @ g_qk], dim=1)  # (inner, 2 inner + 2 NH)
+        w_inner = torch.cat([w_v, w_v @ g_v], dim=1)  # (inner, inner + 2 NH)
+        b_gates = torch.cat([self.igate.bias, self.fgate.bias])
+        if self.q.bias is None:
+            b_conv, b_inner = F.pad(b_gates, (2 * inner, 0)), None
+        else:
+            b_qkv = torch.cat([proj.bias for proj in (self.q, self.k, self.v)])
+            b_qk, b_v = b_qkv.split([2 * inner, inner])
+            b_conv = torch.cat([b_qk, torch.addmv(b_gates, gate_w.t(), b_qkv)])
+            b_inner = F.pad(b_v, (0, 2 * NH))
+        q, k, gates_qk = F.linear(x_conv, w_conv.t(), b_conv).split([inner, inner, 2 * NH], dim=-1)
+        v, gates_v = F.linear(x_inner, w_inner.t(), b_inner).split([inner, 2 * NH], dim=-1)
         igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
         return q, k, v, igate, fgate
 
@@ -147,8 +164,8 @@ class mLSTMPreUpLayer(nn.Module):
         q, k, v, igate, fgate = self._projections(x_conv, x_inner)
         h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), igate, fgate,
                                        None if state is None else state.cell, return_state)
-        h = self.norm(h) if self.norm_bias is None else self.norm(h) + self.norm_bias
-        h = (h + self.skip * x_conv) * F.silu(z)
+        h = norm_skip_gate(h, x_conv, z, self.norm.weight, self.norm_bias, self.skip, eps=self.norm.eps,
+                           backend=self.cfg.backend)
         y = self.dropout(self.proj_down(h))
         return (y, LayerState(conv_state, cell_state)) if return_state else y
 

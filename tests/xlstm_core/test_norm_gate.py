@@ -1,0 +1,111 @@
+"""Fused per-head norm + skip + SiLU gate (xlstm_core/norm_gate_triton.py) against the PyTorch reference.
+
+On CPU the kernel runs under TRITON_INTERPRET=1 in fp32/fp16 against the reference in fp64: output and the
+gradients of h, x_skip, z and the three parameters. x_skip is a channel-major view (the grid conv's layout) and z a
+chunk of a wider tensor (the up-projection's), as in the layer. The `gpu` tests run bf16 at ViL-T's shape and under
+torch.compile.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+from tests.kernels.tolerances import assert_close
+from xlstm_core import norm_gate
+from xlstm_core.config import xLSTMBlockStackConfig
+from xlstm_core.mlstm_layer import mLSTMPreUpLayer
+from xlstm_core.norm_gate import norm_skip_gate, norm_skip_gate_reference
+
+NAMES = ("h", "x_skip", "z", "weight", "skip", "bias")
+
+
+def make_leaves(B, T, NH, DH, *, bias, dtype=torch.float32, device="cpu", seed=0):
+    """h (B, T, NH, DH), x_skip storage (B, NH * DH, T), up-projection (B, T, 2 * NH * DH) holding z, and fp32
+    weight, skip (and bias) of NH * DH features; all leaves."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g)
+    inner = NH * DH
+    acts = [rand(B, T, NH, DH).to(dtype), rand(B, inner, T).to(dtype), rand(B, T, 2 * inner).to(dtype)]
+    params = [1 + 0.5 * rand(inner), rand(inner)] + ([0.5 * rand(inner)] if bias else [])
+    return [t.to(device).requires_grad_() for t in acts + params]
+
+
+def run(fn, leaves, **kw):
+    h, xs, up, weight, skip, *bias = leaves
+    y = fn(h, xs.transpose(1, 2), up.chunk(2, dim=-1)[1], weight, bias[0] if bias else None, skip, **kw)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device)
+    return y, torch.autograd.grad((y.to(dy.dtype) * dy).sum(), leaves)
+
+
+def check(leaves, dtype, factor=1.0):
+    y, grads = run(norm_skip_gate, leaves, backend="triton")
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref, grads_ref = run(norm_skip_gate_reference, ref_leaves, eps=1e-6)
+    assert y.dtype == leaves[0].dtype
+    assert_close(y, y_ref, dtype, "y", factor)
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert a.dtype == leaves[NAMES.index(name)].dtype, name
+        assert_close(a, b, dtype, f"d{name}", factor)
+
+
+@pytest.mark.parametrize("B,T,NH,DH,bias,dtype", [
+    (2, 37, 3, 24, True, torch.float32),   # tokens over three blocks of 16, a head dim below its power of two
+    (1, 1, 4, 16, False, torch.float32),   # one token (decoding)
+    (1, 40, 2, 96, False, torch.float16),  # ViL's head dim
+])
+def test_matches_reference(B, T, NH, DH, bias, dtype):
+    check(make_leaves(B, T, NH, DH, bias=bias, dtype=dtype, seed=T), dtype)
+
+
+def test_layer_triton_matches_torch_backend():
+    """mLSTMPreUpLayer gives the same output and parameter gradients with the fused chain as without."""
+    cfg = xLSTMBlockStackConfig(embedding_dim=32, num_heads=2, num_blocks=1, conv_mode="grid2d",
+                                conv_kernel_size=3, cell_norm_bias=True, mlstm_form="parallel")
+    torch.manual_seed(0)
+    layers = [mLSTMPreUpLayer(cfg) for _ in range(2)]
+    with torch.no_grad():  # non-trivial norm parameters, so that their gradients are not all alike
+        layers[0].norm.weight.uniform_(0.5, 1.5)
+        layers[0].norm_bias.uniform_(-0.5, 0.5)
+        layers[0].skip.uniform_(0.5, 1.5)
+    layers[1].load_state_dict(layers[0].state_dict())
+    layers[1].cfg = dataclasses.replace(cfg, backend="triton")
+    x = torch.randn(2, 12, 32)
+    outputs = []
+    for layer in layers:
+        y = layer(x, grid=(3, 4))
+        outputs.append((y, torch.autograd.grad(y.square().sum(), list(layer.parameters()))))
+    (y_torch, g_torch), (y_triton, g_triton) = outputs
+    assert_close(y_triton, y_torch, torch.float32, "y")
+    for (name, _), a, b in zip(layers[0].named_parameters(), g_triton, g_torch):
+        assert_close(a, b, torch.float32, name, atol=1e-7)
+
+
+def test_rejects_mismatched_shapes():
+    h, xs, up, weight, skip = make_leaves(1, 4, 2, 8, bias=False)
+    with pytest.raises(ValueError, match="x_skip, z"):
+        norm_skip_gate(h, xs.transpose(1, 2)[:, :3], up.chunk(2, -1)[1], weight, None, skip)
+    with pytest.raises(ValueError, match="skip must have shape"):
+        norm_skip_gate(h, xs.transpose(1, 2), up.chunk(2, -1)[1], weight, None, skip[:3])
+    with pytest.raises(ValueError, match="fp16/bf16/fp32"):
+        norm_skip_gate(h.double(), xs.transpose(1, 2).double(), up.chunk(2, -1)[1].double(), weight, None, skip,
+                       backend="triton")
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_vil_tiny_shape():
+    """ViL-T's chain (196 tokens, 4 heads of 96) in bf16 against the fp64 reference."""
+    check(make_leaves(8, 196, 4, 96, bias=True, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("use_triton", [True, False])
+def test_gpu_under_torch_compile(monkeypatch, use_triton):
+    """Compiled, the chain is either the opaque fused op (no graph break) or inductor's fusion of the reference."""
+    monkeypatch.setattr(norm_gate, "COMPILED_USES_TRITON", use_triton)
+    leaves = make_leaves(4, 196, 4, 96, bias=False, dtype=torch.bfloat16, device="cuda", seed=3)
+    compiled = torch.compile(norm_skip_gate, fullgraph=True)
+    y, grads = run(compiled, leaves, backend="triton")
+    y_eager, grads_eager = run(norm_skip_gate, leaves, backend="triton")
+    assert_close(y.to(y_eager.dtype), y_eager, torch.bfloat16, "y", 0.5)
+    for name, a, b in zip(NAMES, grads, grads_eager):
+        assert_close(a, b, torch.bfloat16, f"d{name}", 0.5)

@@ -1,0 +1,54 @@
+"""The pre-up mLSTM layer's output chain: per-head layer norm of the cell output, learnable skip from the conv
+branch, SiLU output gate. One function with a PyTorch reference and a fused Triton path (norm_gate_triton.py).
+
+It is a layer op, not a sequence operator, so it lives here and not in kernels/.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.dispatch import resolve_backend
+
+# Under torch.compile the chain goes to inductor, which fuses it with its neighbours (the SiLU of the conv branch,
+# the casts around the projections); the opaque Triton op would cut those fusions off.
+COMPILED_USES_TRITON = False
+
+
+def norm_skip_gate_reference(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
+                             bias: torch.Tensor | None, skip: torch.Tensor, eps: float) -> torch.Tensor:
+    """(layernorm_per_head(h) * weight [+ bias] + skip * x_skip) * silu(z), statistics in fp32.
+
+    h: (B, T, NH, DH); x_skip, z: (B, T, NH * DH); weight, bias, skip: (NH * DH,). The result takes PyTorch's type
+    promotion (fp32 for bf16 activations with fp32 parameters)."""
+    normed = F.layer_norm(h.float(), h.shape[-1:], eps=eps).flatten(-2).to(h.dtype) * weight
+    if bias is not None:
+        normed = normed + bias
+    return (normed + skip * x_skip) * F.silu(z)
+
+
+def norm_skip_gate(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None, skip: torch.Tensor, *, eps: float = 1e-6,
+                   backend: str = "auto") -> torch.Tensor:
+    """The output chain of `norm_skip_gate_reference`, fused in one Triton kernel (forward and backward) where
+    `backend` resolves to Triton and the call is not traced by torch.compile (see COMPILED_USES_TRITON).
+
+    The fused path returns h's dtype (bf16 under autocast: the down-projection casts to it anyway)."""
+    if h.dim() != 4 or x_skip.shape != z.shape or x_skip.shape != (*h.shape[:2], h.shape[2] * h.shape[3]):
+        raise ValueError(f"expected h (B, T, NH, DH) and x_skip, z (B, T, NH * DH); got h {tuple(h.shape)}, "
+                         f"x_skip {tuple(x_skip.shape)}, z {tuple(z.shape)}")
+    features = x_skip.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias), ("skip", skip)):
+        if p is not None and p.shape != (features,):
+            raise ValueError(f"{name} must have shape ({features},), got {tuple(p.shape)}")
+    fused = resolve_backend(backend, h.device, h.dtype) == "triton"
+    if fused and h.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"the fused norm-skip-gate takes fp16/bf16/fp32 inputs, got {h.dtype}")
+    if fused and (COMPILED_USES_TRITON or not torch.compiler.is_compiling()):
+        from xlstm_core.norm_gate_triton import norm_skip_gate_triton
+
+        return norm_skip_gate_triton(h, x_skip, z, weight, bias, skip, eps)
+    return norm_skip_gate_reference(h, x_skip, z, weight, bias, skip, eps)
+
+
+__all__ = ["norm_skip_gate", "norm_skip_gate_reference"]
