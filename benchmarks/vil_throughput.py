@@ -4,6 +4,7 @@
                                                         # plus 1024^2 batch 8; writes benchmarks/results/vil_throughput.json
     python benchmarks/vil_throughput.py --quick         # CPU smoke run at 64^2 (a few seconds per model)
     python benchmarks/vil_throughput.py --compile       # also ViL-T and DeiT-T under torch.compile (same run)
+    python benchmarks/vil_throughput.py --compile --compile-modes default reduce-overhead   # and with CUDA graphs
     python benchmarks/vil_throughput.py --profile       # only print the top-25 GPU kernels of a ViL-T train and
                                                         # inference step (torch.profiler)
     python benchmarks/vil_throughput.py --chain         # also time ViL-T's norm + skip + SiLU(z) chain for one block:
@@ -61,10 +62,11 @@ def _timed(step: Callable[[], None], warmup: int, iters: int, device: torch.devi
 
 
 def measure(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, warmup: int, iters: int,
-            train: bool = True, grad_checkpointing: bool = False, compile: bool = False) -> dict[str, float]:
+            train: bool = True, grad_checkpointing: bool = False, compile: bool = False,
+            compile_mode: str | None = None) -> dict[str, float]:
     """Images/s and peak memory for inference and (optionally) training of timm model `name`."""
     infer, train_step = synthetic_steps(name, kwargs, img, batch, device, grad_checkpointing=grad_checkpointing,
-                                        compile=compile)
+                                        compile=compile, compile_mode=compile_mode)
     out: dict[str, float] = {}
     seconds, peak = _timed(infer, warmup, iters, device)
     out["infer_img_per_s"] = batch / seconds
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--backends", nargs="+", default=["triton", "torch"], choices=["triton", "torch"])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
     parser.add_argument("--compile", action="store_true", help="also measure ViL-T and DeiT-T under torch.compile")
+    parser.add_argument("--compile-modes", nargs="+", default=["default"],
+                        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="torch.compile modes for --compile (reduce-overhead adds CUDA graphs)")
     parser.add_argument("--profile", action="store_true", help="print the top GPU kernels of ViL-T steps and exit")
     parser.add_argument("--chain", action="store_true", help="also time ViL-T's norm-gate chain (GPU, one block)")
     args = parser.parse_args(argv)
@@ -256,16 +261,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 _run(rows, save, f"ours:{backend}", "norm-gate chain 1 block bs256" + " compiled" * compiled,
                      lambda b=backend, c=compiled: chain_timing(device, b, c), model="vil_tiny", batch=256,
                      dtype="bf16", backend=backend, compiled=compiled)
-    if args.compile and "tiny" in sizes:  # last: compile times vary, and the rows above are the required ones
+    for mode in args.compile_modes if args.compile and "tiny" in sizes else ():  # last: compile times vary
         batch = batches["tiny"]
-        case = f"tiny {img}px bs{batch} compiled"
+        case = f"tiny {img}px bs{batch} compiled" + ("" if mode == "default" else f" {mode}")
         # the default form ("auto"): the fused Triton parallel kernel, or inductor's parallel form on PyTorch
         variants = [(f"ours:{backend}", "vil_tiny_patch16_224", {"backend": backend}) for backend in backends]
         variants.insert(1, ("timm:deit_tiny_patch16_224", "deit_tiny_patch16_224", {}))
+        compile_mode = None if mode == "default" else mode
         for impl, name, kwargs in variants:
             _run(rows, save, impl, case, lambda: measure(name, kwargs, img, batch, device, warmup, iters,
-                                                        compile=True),
-                 model=name.split("_patch")[0], img_size=img, batch=batch, dtype="bf16", compiled=True, **kwargs)
+                                                        compile=True, compile_mode=compile_mode),
+                 model=name.split("_patch")[0], img_size=img, batch=batch, dtype="bf16", compiled=True,
+                 compile_mode=mode, **kwargs)
     print(f"wrote {out}")
     return result
 

@@ -19,17 +19,19 @@ from vision.distributed import all_reduce_sum, barrier, init_distributed
 
 
 def synthetic_steps(model: str, model_kwargs: dict[str, Any] | None, img_size: int, batch_size: int,
-                    device: torch.device, *, compile: bool = False, grad_checkpointing: bool = False,
-                    distributed: bool = False, amp: bool = True) -> tuple[Callable[[], None], Callable[[], None]]:
+                    device: torch.device, *, compile: bool = False, compile_mode: str | None = None,
+                    grad_checkpointing: bool = False, distributed: bool = False,
+                    amp: bool = True) -> tuple[Callable[[], None], Callable[[], None]]:
     """(inference step, training step) of timm model `model` on one fixed random batch: forward under
     inference_mode, or forward + backward + AdamW (fused on CUDA), both under bf16 autocast on GPU. Each call sets
-    eval / train mode first. `distributed` wraps the model in DDP; `compile` runs it under torch.compile."""
+    eval / train mode first. `distributed` wraps the model in DDP; `compile` runs it under torch.compile, with
+    `compile_mode` (e.g. "reduce-overhead": CUDA graphs, for models whose eager step is bound by kernel launches)."""
     torch.manual_seed(0)
     net = timm.create_model(model, img_size=img_size, num_classes=1000, **(model_kwargs or {})).to(device)
     net.set_grad_checkpointing(grad_checkpointing)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     wrapped = DistributedDataParallel(net) if distributed else net
-    wrapped = torch.compile(wrapped) if compile else wrapped
+    wrapped = torch.compile(wrapped, mode=compile_mode) if compile else wrapped
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")

@@ -25,12 +25,16 @@ from kernels.mlstm.chunkwise_triton import _logsigmoid
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
-# (rows, columns, head-dim slice, output columns, warps) per launch; the interpreter runs small head-dim tiles so that
-# the CPU tests cover the tiling of both head dims (and of the sequence beyond 64 tokens).
-# Pinned from a sweep at ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96): forward 0.17 ms, forward + backward
-# 1.06 ms (the chunkwise Triton kernel: 0.70 / 2.69 ms; the PyTorch parallel form: 2.82 / 7.89 ms).
-TILES = {"fwd": (64, 64, 128, 128, 4), "dq": (32, 64, 128, 128, 4), "dkdv": (32, 64, 128, 128, 4)}
-INTERPRETER_TILES = (64, 64, 32, 32, 1)
+# (rows, columns, head-dim slice, output columns, warps, stages) per launch; the interpreter runs small head-dim tiles
+# so that the CPU tests cover both paths (whole head dims held on chip, and head dims walked in slices) and the
+# tiling of the sequence beyond 64 tokens. Heads of at most SMALL_HEAD features take the whole-head path: each
+# program loads its own rows once instead of once per tile of the other side.
+# Tiles from a sweep of the sliced path at ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; forward 0.17 ms,
+# forward + backward 1.06 ms); the whole-head path runs them unswept: in the model its backward takes 0.57 ms per
+# block against 1.34 ms sliced.
+TILES = {"fwd": (64, 64, 128, 128, 4, 1), "dq": (32, 64, 128, 128, 4, 1), "dkdv": (32, 64, 128, 128, 4, 1)}
+INTERPRETER_TILES = (64, 64, 32, 32, 1, 1)
+SMALL_HEAD = 128
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -43,9 +47,14 @@ def _pow2(n: int, low: int = 16) -> int:
     return max(low, triton.next_power_of_2(n))
 
 
-def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int]:
-    br, bj, bd, bx, warps = INTERPRETER_TILES if interpreter_enabled() else TILES[case]
-    return br, bj, min(bd, _pow2(max(dk, dv))), min(bx, _pow2(max(dk, dv))), warps
+def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int, bool]:
+    """The case's tiles for these head dims, and whether the whole-head path runs (one slice covers both dims)."""
+    br, bj, bd, bx, warps, stages = INTERPRETER_TILES if interpreter_enabled() else TILES[case]
+    width = _pow2(max(dk, dv))
+    small = width <= min(bd, SMALL_HEAD)
+    if small:
+        bd = bx = width
+    return br, bj, min(bd, width), min(bx, width), warps, stages, small
 
 
 @triton.jit
@@ -107,7 +116,7 @@ def _decay(g_cols, mx_rows, offs_rows, offs_cols, mask_rows, mask_cols):
 @triton.jit
 def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
                 sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sh_b, sh_h, sh_s, scale, eps,
-                SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+                SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, SMALL: tl.constexpr,
                 BR: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr, BX: tl.constexpr):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -123,11 +132,17 @@ def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
     mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
     acc = tl.zeros((BR, BX), dtype=tl.float32)
     qn = tl.zeros((BR,), dtype=tl.float32)
+    if SMALL:
+        q_r = _tile(q_ptr, offs_r, mask_r, sq_s, offs_x, DK)
     for j0 in range(0, tl.minimum(r0 + BR, S), BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < S
         g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
-        scores = _dot_rows(q_ptr, offs_r, mask_r, sq_s, k_ptr, offs_j, mask_j, sk_s, DK, PRECISION, BD, BR, BJ)
+        if SMALL:
+            k_j = _tile(k_ptr, offs_j, mask_j, sk_s, offs_x, DK)
+            scores = tl.dot(q_r, tl.trans(k_j), input_precision=PRECISION)
+        else:
+            scores = _dot_rows(q_ptr, offs_r, mask_r, sq_s, k_ptr, offs_j, mask_j, sk_s, DK, PRECISION, BD, BR, BJ)
         scores = scores * scale * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
         qn += tl.sum(scores, axis=1)
         v = _tile(v_ptr, offs_j, mask_j, sv_s, offs_x, DV)
@@ -157,7 +172,7 @@ def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
 @triton.jit
 def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, DV,
                sdh_b, sdh_h, sdh_s, sh_b, sh_h, sh_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s,
-               sdq_b, sdq_h, sdq_s, sq_b, sq_h, sq_s, scale, PRECISION: tl.constexpr,
+               sdq_b, sdq_h, sdq_s, sq_b, sq_h, sq_s, scale, PRECISION: tl.constexpr, SMALL: tl.constexpr,
                BR: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr, BX: tl.constexpr):
     """dq for a tile of rows and dq columns; also delta_t (the normaliser's share of dS) and the row-dot q . dq."""
     pid = tl.program_id(0)
@@ -174,17 +189,24 @@ def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, D
     mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
     alpha = tl.load(ALPHA + bh * S + offs_r, mask=mask_r, other=0.0)
     dh_h = tl.zeros((BR,), dtype=tl.float32)
-    for d0 in range(0, DV, BD):
-        offs_d = d0 + tl.arange(0, BD)
-        dh = _tile(dh_ptr, offs_r, mask_r, sdh_s, offs_d, DV).to(tl.float32)
-        dh_h += tl.sum(dh * _tile(h_ptr, offs_r, mask_r, sh_s, offs_d, DV).to(tl.float32), axis=1)
+    if SMALL:
+        dh_r = _tile(dh_ptr, offs_r, mask_r, sdh_s, offs_x, DV)
+        dh_h = tl.sum(dh_r.to(tl.float32) * _tile(h_ptr, offs_r, mask_r, sh_s, offs_x, DV).to(tl.float32), axis=1)
+    else:
+        for d0 in range(0, DV, BD):
+            offs_d = d0 + tl.arange(0, BD)
+            dh = _tile(dh_ptr, offs_r, mask_r, sdh_s, offs_d, DV).to(tl.float32)
+            dh_h += tl.sum(dh * _tile(h_ptr, offs_r, mask_r, sh_s, offs_d, DV).to(tl.float32), axis=1)
     delta = tl.load(GAMMA + bh * S + offs_r, mask=mask_r, other=0.0) * dh_h
     acc = tl.zeros((BR, BX), dtype=tl.float32)
     for j0 in range(0, tl.minimum(r0 + BR, S), BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < S
         g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
-        ds = _dot_rows(dh_ptr, offs_r, mask_r, sdh_s, v_ptr, offs_j, mask_j, sv_s, DV, PRECISION, BD, BR, BJ)
+        if SMALL:
+            ds = tl.dot(dh_r, tl.trans(_tile(v_ptr, offs_j, mask_j, sv_s, offs_x, DV)), input_precision=PRECISION)
+        else:
+            ds = _dot_rows(dh_ptr, offs_r, mask_r, sdh_s, v_ptr, offs_j, mask_j, sv_s, DV, PRECISION, BD, BR, BJ)
         ds = (ds * alpha[:, None] + delta[:, None]) * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
         k = _tile(k_ptr, offs_j, mask_j, sk_s, offs_x, DK)
         acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=PRECISION)
@@ -201,7 +223,7 @@ def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, D
 @triton.jit
 def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, DK, DV,
                  sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdh_b, sdh_h, sdh_s,
-                 sdk_b, sdk_h, sdk_s, sdv_b, sdv_h, sdv_s, scale, PRECISION: tl.constexpr,
+                 sdk_b, sdk_h, sdk_s, sdv_b, sdv_h, sdv_s, scale, PRECISION: tl.constexpr, SMALL: tl.constexpr,
                  BR: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr, BX: tl.constexpr):
     """dk and dv for a tile of columns s (BJ of them) and output columns xb: sums over the rows t >= s."""
     pid = tl.program_id(0)
@@ -218,6 +240,9 @@ def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, D
     g_c = tl.load(G + bh * S + offs_c, mask=mask_c, other=0.0)
     acc_k = tl.zeros((BJ, BX), dtype=tl.float32)
     acc_v = tl.zeros((BJ, BX), dtype=tl.float32)
+    if SMALL:
+        k_c = _tile(k_ptr, offs_c, mask_c, sk_s, offs_x, DK)
+        v_c = _tile(v_ptr, offs_c, mask_c, sv_s, offs_x, DV)
     for t0 in range(c0 - c0 % BR, S, BR):
         offs_t = t0 + tl.arange(0, BR)
         mask_t = offs_t < S
@@ -225,19 +250,27 @@ def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, D
         alpha = tl.load(ALPHA + bh * S + offs_t, mask=mask_t, other=0.0)
         delta = tl.load(DELTA + bh * S + offs_t, mask=mask_t, other=0.0)
         decay = tl.trans(_decay(g_c, mx_t, offs_t, offs_c, mask_t, mask_c))  # (columns s, rows t)
-        scores = _dot_rows(k_ptr, offs_c, mask_c, sk_s, q_ptr, offs_t, mask_t, sq_s, DK, PRECISION, BD, BJ, BR) * scale
-        ds = _dot_rows(v_ptr, offs_c, mask_c, sv_s, dh_ptr, offs_t, mask_t, sdh_s, DV, PRECISION, BD, BJ, BR)
-        ds = (ds * alpha[None, :] + delta[None, :]) * decay
         dh = _tile(dh_ptr, offs_t, mask_t, sdh_s, offs_x, DV)
-        acc_v = tl.dot((scores * decay * alpha[None, :]).to(dh.dtype), dh, acc_v, input_precision=PRECISION)
         q = _tile(q_ptr, offs_t, mask_t, sq_s, offs_x, DK)
+        if SMALL:
+            scores = tl.dot(k_c, tl.trans(q), input_precision=PRECISION) * scale
+            ds = tl.dot(v_c, tl.trans(dh), input_precision=PRECISION)
+        else:
+            scores = _dot_rows(k_ptr, offs_c, mask_c, sk_s, q_ptr, offs_t, mask_t, sq_s, DK, PRECISION, BD, BJ,
+                               BR) * scale
+            ds = _dot_rows(v_ptr, offs_c, mask_c, sv_s, dh_ptr, offs_t, mask_t, sdh_s, DV, PRECISION, BD, BJ, BR)
+        ds = (ds * alpha[None, :] + delta[None, :]) * decay
+        acc_v = tl.dot((scores * decay * alpha[None, :]).to(dh.dtype), dh, acc_v, input_precision=PRECISION)
         acc_k = tl.dot(ds.to(q.dtype), q, acc_k, input_precision=PRECISION)
     dk = acc_k * scale
     tl.store(DK_OUT + b * sdk_b + hd * sdk_h + offs_c[:, None] * sdk_s + offs_x[None, :],
              dk.to(DK_OUT.dtype.element_ty), mask=mask_c[:, None] & (offs_x < DK)[None, :])
     tl.store(DV_OUT + b * sdv_b + hd * sdv_h + offs_c[:, None] * sdv_s + offs_x[None, :],
              acc_v.to(DV_OUT.dtype.element_ty), mask=mask_c[:, None] & (offs_x < DV)[None, :])
-    k = _tile(k_ptr, offs_c, mask_c, sk_s, offs_x, DK).to(tl.float32)
+    if SMALL:
+        k = k_c.to(tl.float32)
+    else:
+        k = _tile(k_ptr, offs_c, mask_c, sk_s, offs_x, DK).to(tl.float32)
     tl.store(KDK + (xb * tl.num_programs(1) + bh) * S + offs_c, tl.sum(k * dk, axis=1), mask=mask_c)
 
 
@@ -264,11 +297,11 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Ten
     _gate_kernel[(B * NH,)](igate, fgate, g, mx, m, S, NH, *igate.stride(), *fgate.stride(), SIG=sig,
                             BS=_pow2(S))
     h = _bsnd(q, DV, q.dtype)
-    br, bj, bd, bx, warps = _tiles("fwd", DK, DV)
+    br, bj, bd, bx, warps, stages, small = _tiles("fwd", DK, DV)
     grid = (triton.cdiv(S, br) * triton.cdiv(DV, bx), B * NH)
     _fwd_kernel[grid](q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v),
                       *_strides(h), DK**-0.5, eps, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype),
-                      BR=br, BJ=bj, BD=bd, BX=bx, num_warps=warps)
+                      SMALL=small, BR=br, BJ=bj, BD=bd, BX=bx, num_warps=warps, num_stages=stages)
     return h, g, mx, alpha, gamma
 
 
@@ -291,20 +324,20 @@ def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         dh = dh.contiguous()
     dq, dk, dv = _bsnd(q, DK, q.dtype), _bsnd(k, DK, k.dtype), _bsnd(v, DV, v.dtype)
     delta = torch.empty(B, NH, S, device=q.device, dtype=torch.float32)
-    br, bj, bd, bx, warps = _tiles("dq", DK, DV)
+    br, bj, bd, bx, warps, stages, small = _tiles("dq", DK, DV)
     n_xq = triton.cdiv(DK, bx)
     qdq = torch.empty(n_xq, B, NH, S, device=q.device, dtype=torch.float32)
     _dq_kernel[(triton.cdiv(S, br) * n_xq, B * NH)](
         dh, h, k, v, dq, q, g, mx, alpha, gamma, delta, qdq, S, NH, DK, DV, *_strides(dh), *_strides(h),
-        *_strides(k), *_strides(v), *_strides(dq), *_strides(q), DK**-0.5, PRECISION=_precision(q.dtype), BR=br,
-        BJ=bj, BD=bd, BX=bx, num_warps=warps)
-    br, bj, bd, bx, warps = _tiles("dkdv", DK, DV)
+        *_strides(k), *_strides(v), *_strides(dq), *_strides(q), DK**-0.5, PRECISION=_precision(q.dtype),
+        SMALL=small, BR=br, BJ=bj, BD=bd, BX=bx, num_warps=warps, num_stages=stages)
+    br, bj, bd, bx, warps, stages, small = _tiles("dkdv", DK, DV)
     n_x = triton.cdiv(max(DK, DV), bx)
     kdk = torch.empty(n_x, B, NH, S, device=q.device, dtype=torch.float32)
     _dkdv_kernel[(triton.cdiv(S, bj) * n_x, B * NH)](
         q, k, v, dh, dk, dv, g, mx, alpha, delta, kdk, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v),
-        *_strides(dh), *_strides(dk), *_strides(dv), DK**-0.5, PRECISION=_precision(q.dtype), BR=br, BJ=bj,
-        BD=bd, BX=bx, num_warps=warps)
+        *_strides(dh), *_strides(dk), *_strides(dv), DK**-0.5, PRECISION=_precision(q.dtype), SMALL=small, BR=br,
+        BJ=bj, BD=bd, BX=bx, num_warps=warps, num_stages=stages)
     return dq, dk, dv, qdq.sum(0), kdk.sum(0)
 
 

@@ -50,6 +50,9 @@ CPU_CASES = [  # S, DHQK, DHV, variant, dtype, normalize
     (16, 64, 64, "sig", torch.float16, False),
     (100, 64, 128, "exp", torch.float32, True),
     (196, 96, 96, "exp", torch.float32, True),
+    # heads within the interpreter's 32-wide slice take the whole-head path (rows loaded once per program)
+    (77, 32, 16, "exp", torch.float32, True),
+    (40, 16, 32, "sig", torch.float16, True),
 ]
 
 
