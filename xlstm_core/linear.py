@@ -6,14 +6,17 @@ from torch import nn
 
 
 def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
-    """(n, d, e) blocks -> the (n * d, n * e) block-diagonal matrix, in one broadcast multiply.
+    """(n, d, e) blocks -> the (n * d, n * e) block-diagonal matrix, in one broadcast multiply; (n, d, k, e) blocks of k
+    maps -> their k block-diagonal matrices side by side, (n * d, k * n * e).
 
     torch.block_diag takes the blocks as separate tensors and copies each one (one kernel per block, and as many
     again in its backward): with ViL's 96 blocks of 4 x 4 per projection that was thousands of launches a step.
     """
-    n, d, e = weight.shape
-    eye = torch.eye(n, device=weight.device, dtype=weight.dtype)
-    return (weight.unsqueeze(2) * eye.view(n, 1, n, 1)).reshape(n * d, n * e)
+    if weight.dim() not in (3, 4):
+        raise ValueError(f"expected blocks (n, d, e) or (n, d, k, e), got shape {tuple(weight.shape)}")
+    n, d = weight.shape[:2]
+    eye = torch.eye(n, device=weight.device, dtype=weight.dtype).view(n, *[1] * (weight.dim() - 2), n, 1)
+    return (weight.unsqueeze(-2) * eye).reshape(n * d, -1)
 
 
 class BlockDiagonalLinear(nn.Module):
@@ -27,10 +30,6 @@ class BlockDiagonalLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_blocks, self.block, self.block))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
         nn.init.normal_(self.weight, std=(2 / (5 * self.block)) ** 0.5)
-
-    def dense_weight(self) -> torch.Tensor:
-        """W as a dense (dim, dim) matrix (y = x W), differentiable w.r.t. the blocks."""
-        return block_diagonal(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

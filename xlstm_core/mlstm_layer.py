@@ -11,7 +11,7 @@ from kernels import mlstm, mlstm_step
 from kernels.dispatch import resolve_backend
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.conv import CausalConv1d, GridConv2d
-from xlstm_core.linear import BlockDiagonalLinear
+from xlstm_core.linear import BlockDiagonalLinear, block_diagonal
 from xlstm_core.norm_gate import norm_skip_gate
 from xlstm_core.norms import MultiHeadNorm
 from xlstm_core.state import LayerState
@@ -111,10 +111,7 @@ class mLSTMPreUpLayer(nn.Module):
     def _dense_qkv_weight(self) -> torch.Tensor:
         """[Wq | Wk | Wv] (inner, 3 inner): the three block-diagonal weights as dense matrices side by side, from
         one broadcast multiply of the stacked blocks with an identity (y = x W)."""
-        blocks = torch.stack([proj.weight for proj in (self.q, self.k, self.v)], dim=2)  # (n, d, 3, e)
-        n, d, _, e = blocks.shape
-        eye = torch.eye(n, device=blocks.device, dtype=blocks.dtype)
-        return (blocks.unsqueeze(3) * eye.view(n, 1, 1, n, 1)).reshape(n * d, 3 * n * e)
+        return block_diagonal(torch.stack([proj.weight for proj in (self.q, self.k, self.v)], dim=2))
 
     def _projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor):
         """q, k (from the conv branch), v (from the inner stream) and the input / forget gate pre-activations,

@@ -89,6 +89,18 @@ def test_dense_qkv_path_matches_block_diagonal_einsum():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_block_diagonal_matches_torch_block_diag():
+    """One block-diagonal matrix from (n, d, e) blocks, and k of them side by side from (n, d, k, e)."""
+    from xlstm_core.linear import block_diagonal
+
+    w = torch.randn(5, 3, 2, 4)
+    torch.testing.assert_close(block_diagonal(w[:, :, 0]), torch.block_diag(*w[:, :, 0]), rtol=0, atol=0)
+    side_by_side = torch.cat([torch.block_diag(*w[:, :, j]) for j in range(2)], dim=1)
+    torch.testing.assert_close(block_diagonal(w), side_by_side, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"\(n, d, e\)"):
+        block_diagonal(torch.randn(4, 4))
+
+
 def test_parallel_form_matches_chunkwise():
     chunkwise, parallel = small_vil(), small_vil(mlstm_form="parallel")
     parallel.load_state_dict(chunkwise.state_dict())
