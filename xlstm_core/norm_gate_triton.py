@@ -37,15 +37,21 @@ def _normalise(h, mask, DH, eps):
 
 
 @triton.jit
-def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, sx_f, sz_b, sz_t, sy_b, sy_t,
-                HAS_BIAS: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
+def _tile_coords(T, DH, BD: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's batch row, token block, tokens t, features f of its head, and the masks."""
     b, tb, hd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = tb * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, BD)
     mask_d = d < DH
-    mask = (t < T)[:, None] & mask_d[None, :]
-    f = hd * DH + d
-    xhat, _ = _normalise(_load(H, b, t, f, mask, sh_b, sh_t, 1), mask, DH, eps)
+    return b, tb, t, hd * DH + d, mask_d, (t < T)[:, None] & mask_d[None, :]
+
+
+@triton.jit
+def _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t, sx_b, sx_t, sx_f, sz_b, sz_t,
+              HAS_BIAS: tl.constexpr):
+    """The tile's normalised h and its rstd, x_skip, z, w, skip and the pre-gate value xhat w (+ bias) + skip x_skip,
+    in fp32: the forward's work, recomputed by the backward."""
+    xhat, rstd = _normalise(_load(H, b, t, f, mask, sh_b, sh_t, 1), mask, DH, eps)
     xs = _load(XS, b, t, f, mask, sx_b, sx_t, sx_f)
     z = _load(Z, b, t, f, mask, sz_b, sz_t, 1)
     w = tl.load(W + f, mask=mask_d, other=0.0).to(tl.float32)
@@ -53,6 +59,15 @@ def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, 
     pre = xhat * w[None, :] + skip[None, :] * xs
     if HAS_BIAS:
         pre += tl.load(BIAS + f, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    return xhat, rstd, xs, z, w, skip, pre
+
+
+@triton.jit
+def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, sx_f, sz_b, sz_t, sy_b, sy_t,
+                HAS_BIAS: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
+    b, _, t, f, mask_d, mask = _tile_coords(T, DH, BD, BLOCK)
+    _, _, _, z, _, _, pre = _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t, sx_b, sx_t,
+                                      sx_f, sz_b, sz_t, HAS_BIAS)
     y = pre * z * tl.sigmoid(z)
     tl.store(Y + b * sy_b + t[:, None] * sy_t + f[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
@@ -60,21 +75,10 @@ def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, 
 @triton.jit
 def _bwd_kernel(DY, H, XS, Z, W, BIAS, SKIP, DH_OUT, DXS, DZ, PART, T, DH, INNER, eps, sdy_b, sdy_t, sh_b, sh_t,
                 sx_b, sx_t, sx_f, sz_b, sz_t, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
-    b, tb, hd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = tb * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, BD)
-    mask_d = d < DH
-    mask = (t < T)[:, None] & mask_d[None, :]
-    f = hd * DH + d
-    xhat, rstd = _normalise(_load(H, b, t, f, mask, sh_b, sh_t, 1), mask, DH, eps)
-    xs = _load(XS, b, t, f, mask, sx_b, sx_t, sx_f)
-    z = _load(Z, b, t, f, mask, sz_b, sz_t, 1)
+    b, tb, t, f, mask_d, mask = _tile_coords(T, DH, BD, BLOCK)
+    xhat, rstd, xs, z, w, skip, pre = _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t,
+                                                sx_b, sx_t, sx_f, sz_b, sz_t, HAS_BIAS)
     dy = _load(DY, b, t, f, mask, sdy_b, sdy_t, 1)
-    w = tl.load(W + f, mask=mask_d, other=0.0).to(tl.float32)
-    skip = tl.load(SKIP + f, mask=mask_d, other=0.0).to(tl.float32)
-    pre = xhat * w[None, :] + skip[None, :] * xs
-    if HAS_BIAS:
-        pre += tl.load(BIAS + f, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     sig = tl.sigmoid(z)
     dpre = dy * z * sig
     dz = dy * pre * sig * (1.0 + z * (1.0 - sig))
