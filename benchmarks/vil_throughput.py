@@ -267,10 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # the default form ("auto"): the fused Triton parallel kernel, or inductor's parallel form on PyTorch
         variants = [(f"ours:{backend}", "vil_tiny_patch16_224", {"backend": backend}) for backend in backends]
         variants.insert(1, ("timm:deit_tiny_patch16_224", "deit_tiny_patch16_224", {}))
-        compile_mode = None if mode == "default" else mode
         for impl, name, kwargs in variants:
             _run(rows, save, impl, case, lambda: measure(name, kwargs, img, batch, device, warmup, iters,
-                                                        compile=True, compile_mode=compile_mode),
+                                                        compile=True, compile_mode=mode),
                  model=name.split("_patch")[0], img_size=img, batch=batch, dtype="bf16", compiled=True,
                  compile_mode=mode, **kwargs)
     print(f"wrote {out}")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.dispatch import resolve_backend
+from xlstm_core.norms import multi_head_norm
 
 # Under torch.compile the chain goes to inductor, which fuses it with its neighbours (the SiLU of the conv branch,
 # the casts around the projections); the opaque Triton op would cut those fusions off.
@@ -21,7 +22,7 @@ def norm_skip_gate_reference(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Ten
 
     h: (B, T, NH, DH); x_skip, z: (B, T, NH * DH); weight, bias, skip: (NH * DH,). The result takes PyTorch's type
     promotion (fp32 for bf16 activations with fp32 parameters)."""
-    normed = F.layer_norm(h.float(), h.shape[-1:], eps=eps).flatten(-2).to(h.dtype) * weight
+    normed = multi_head_norm(h, weight, "layernorm", eps)
     if bias is not None:
         normed = normed + bias
     return (normed + skip * x_skip) * F.silu(z)

@@ -26,6 +26,17 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool = False) -> nn.Module:
     return nn.LayerNorm(dim, eps=eps, bias=bias)
 
 
+def multi_head_norm(x: torch.Tensor, weight: torch.Tensor, kind: str = "layernorm", eps: float = 1e-6) -> torch.Tensor:
+    """Each head of x (..., NH, DH) normalised on its own in fp32 ("layernorm" centres, "rmsnorm" does not), back in
+    x's dtype, flattened to (..., NH * DH) and scaled by weight (NH * DH,)."""
+    xf = x.float()
+    if kind == "layernorm":
+        xf = F.layer_norm(xf, xf.shape[-1:], eps=eps)
+    else:
+        xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    return xf.flatten(-2).to(x.dtype) * weight
+
+
 class MultiHeadNorm(nn.Module):
     """Normalise each head's features separately (group norm over heads) with one learnable scale per feature.
 
@@ -38,9 +49,4 @@ class MultiHeadNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_heads * head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        if self.kind == "layernorm":
-            xf = F.layer_norm(xf, xf.shape[-1:], eps=self.eps)
-        else:
-            xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return xf.flatten(-2).to(x.dtype) * self.weight
+        return multi_head_norm(x, self.weight, self.kind, self.eps)

@@ -89,7 +89,8 @@ def _local_kernel(
         xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :], mask=mask_l[:, None] & mask_x[None, :],
                      other=0.0)
         acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
-        tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty), mask=mask_a[:, None] & mask_x[None, :])
+        tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty),
+                 mask=mask_a[:, None] & mask_x[None, :])
 
 
 @triton.jit
