@@ -80,13 +80,17 @@ def measure(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
     return out
 
 
-def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, rows: int = 25) -> None:
-    """Print the `rows` GPU kernels that take the most time in one inference and one training step (after warm-up)."""
+def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: torch.device, rows: int = 25,
+            compile_mode: str | None = None) -> None:
+    """Print the `rows` GPU kernels that take the most time in one inference and one training step (after warm-up);
+    with `compile_mode`, of the model under torch.compile in that mode."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for label, step in zip(("inference", "training"), synthetic_steps(name, kwargs, img, batch, device)):
+    steps = synthetic_steps(name, kwargs, img, batch, device, compile=compile_mode is not None,
+                            compile_mode=compile_mode)
+    for label, step in zip(("inference", "training"), steps):
         for _ in range(3):
             step()
         _sync(device)
@@ -97,7 +101,7 @@ def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
             wall = time.perf_counter() - start
         events = prof.key_averages()
         kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-        print(f"== {name} {label} step, {img}px batch {batch}: GPU kernel time "
+        print(f"== {name} {label} step{'' if compile_mode is None else f' (compiled, {compile_mode})'}, {img}px batch {batch}: GPU kernel time "
               f"{sum(e.self_device_time_total for e in kernels) / 1e3:.1f} ms in {sum(e.count for e in kernels)} "
               f"kernels; step wall time {wall * 1e3:.1f} ms (under the profiler)")
         print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
@@ -191,12 +195,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile-modes", nargs="+", default=["default"],
                         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                         help="torch.compile modes for --compile (reduce-overhead adds CUDA graphs)")
-    parser.add_argument("--profile", action="store_true", help="print the top GPU kernels of ViL-T steps and exit")
+    parser.add_argument("--profile", action="store_true", help="print the top GPU kernels of ViL-T steps and exit "
+                                                                 "(compiled in the first --compile-modes with --compile)")
     parser.add_argument("--chain", action="store_true", help="also time ViL-T's norm-gate chain (GPU, one block)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     if args.profile:
-        profile("vil_tiny_patch16_224", {}, 64 if args.quick else 224, 2 if args.quick else 256, device)
+        profile("vil_tiny_patch16_224", {}, 64 if args.quick else 224, 2 if args.quick else 256, device,
+                compile_mode=args.compile_modes[0] if args.compile else None)
         return {}
     if device.type == "cpu":
         backends, sizes, img, batches, warmup, iters = ["torch"], ["tiny"], 64, {"tiny": 2}, 1, 2
