@@ -159,12 +159,13 @@ def _config_name(config) -> str:
     return f"{tiles}/w{config.num_warps}/s{config.num_stages}"
 
 
-def sweep_tiles(cfg, chunk_size, repeats=5):
-    """Every tile config of the intra and local kernels, per launch case: device time (CUDA events around each
-    launch, median over `repeats` exp fwd+bwd runs), ptxas registers and spills, and the largest relative error of
-    h and the gradients against the first config. Pins each case's fastest config, then returns the rows."""
+def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "local")):
+    """Every tile config of the scores, intra and local kernels (those named in `kernels`), per launch case: device
+    time (CUDA events around each launch, median over `repeats` exp fwd+bwd runs), ptxas registers and spills, and the
+    largest relative error of h and the gradients against the first config. Pins each case's fastest config, then
+    returns the rows."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
-    from kernels.mlstm.chunkwise_triton import INTRA_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
 
     rel_err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
     leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
@@ -176,7 +177,8 @@ def sweep_tiles(cfg, chunk_size, repeats=5):
         return [h.detach(), *torch.autograd.grad(h, leaves, grad)]
 
     rows, first = [], None
-    for name, choice in (("intra", INTRA_TILES), ("local", LOCAL_TILES)):
+    choices = {"scores": SCORES_TILES, "intra": INTRA_TILES, "local": LOCAL_TILES}
+    for name, choice in ((name, choices[name]) for name in kernels):
         before, original, records = dict(choice.pinned), choice.launch, []
 
         def timed(case, grid, *args, original=original, records=records, **kwargs):
@@ -246,6 +248,8 @@ def main(argv=None):
     parser.add_argument("--tiles", action="store_true",
                         help="sweep the tile configs on the first case (exp, last chunk size), pin the fastest, then "
                              "benchmark ours with them")
+    parser.add_argument("--tile-kernels", nargs="*", default=["scores", "intra", "local"],
+                        choices=["scores", "intra", "local"], help="the kernels --tiles sweeps")
     parser.add_argument("--impls", nargs="*", default=["ours:triton", "ours:torch", "sdpa_flash",
                                                        "fla_chunk_simple_gla"])
     args = parser.parse_args(argv)
@@ -256,7 +260,7 @@ def main(argv=None):
     peak = _matmul_peak_tflops()
     rows = [dict(impl="torch_matmul_bf16", case="8192^3", metric="tflops", value=round(peak, 1), unit="TFLOP/s")]
     if args.tiles:
-        rows += sweep_tiles(CASES[args.cases[0]], args.chunk_sizes[-1])
+        rows += sweep_tiles(CASES[args.cases[0]], args.chunk_sizes[-1], kernels=args.tile_kernels)
     if importlib.util.find_spec("fla") is None:
         print("fla (flash-linear-attention) is not installed here: no chunk_simple_gla rows")
     path = pathlib.Path(args.out)

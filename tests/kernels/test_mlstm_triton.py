@@ -158,11 +158,12 @@ def test_recurrent_form_varlen_and_forward_only(variant):
 def test_tile_pins_name_configs_of_their_kernel():
     """Every launch case pins an entry of its kernel's config list (a wrong pin would only fail on a GPU)."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
-    from kernels.mlstm.chunkwise_triton import INTRA_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
 
     assert set(INTRA_TILES.pinned) == {"h", "dq", "dk", "dv", "fp32"}
+    assert set(SCORES_TILES.pinned) == {"h", "p", "dp", "fp32"}
     assert set(LOCAL_TILES.pinned) == {"fwd", "rev", "fp32"}
-    for choice in (INTRA_TILES, LOCAL_TILES):
+    for choice in (SCORES_TILES, INTRA_TILES, LOCAL_TILES):
         assert all(0 <= index < len(choice.configs) for index in choice.pinned.values())
 
 
