@@ -332,7 +332,7 @@ def _scores_tiles() -> TileChoice:
     scores, 'dp' the output-gradient scores (DHV wide); fp32 inputs take the last, small config."""
     configs = [_conf(4, 3, BR=64, BJ=64), _conf(8, 2, BR=64, BJ=64), _conf(8, 2, BR=128, BJ=64),
                _conf(4, 3, BR=64, BJ=32), _conf(8, 3, BR=128, BJ=32), _conf(4, 2, BR=32, BJ=32)]
-    return TileChoice(_scores_kernel, configs, pinned={"h": 0, "p": 0, "dp": 0, "fp32": 5},
+    return TileChoice(_scores_kernel, configs, pinned={"h": 5, "p": 1, "dp": 5, "fp32": 5},
                       small=_conf(4, 1, BR=32, BJ=32), key=["DA", "FWD", "AUG_ROWS", "SIG"])
 
 
