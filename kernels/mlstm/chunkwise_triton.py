@@ -102,16 +102,17 @@ def _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head):
 
 @triton.jit
 def _scores_kernel(
-    A, BM, P, AUG, GB, GLI, GMAX, MROWS, MSTATE, CHUNKS,
-    n_chunks, NH, S, sigma_ab, sigma_x,
+    A, BM, P, AUG, STV, GB, GLI, GMAX, MROWS, QN, MSTATE, CHUNKS,
+    n_chunks, NH, S, sigma_ab, sigma_x, sigma_m,
     L: tl.constexpr, DA: tl.constexpr, FWD: tl.constexpr, AUG_ROWS: tl.constexpr, SIG: tl.constexpr,
     PRECISION: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr,
 ):
     """BR rows of one chunk's weighted scores P[t, s] = ((A_t . B_s) * sigma_ab + aug_t) * sigma_x * W(t, s) for
     s <= t, written to the chunk's L x L block of P (columns s < the tile's last row + 1; the rest is never read).
 
-    FWD also derives the row stabiliser m_t from the gates and the boundary state's m and stores it; otherwise m_t
-    is read (MROWS).
+    FWD also derives the row stabiliser m_t (from the gate kernel's running max) and the normaliser's q.n sum
+    (in-chunk part from the fp32 scores, boundary part rho * sigma_m * A_t . n) and stores both; otherwise m_t is read
+    (MROWS). The sum must come from the unrounded scores: its terms cancel.
     """
     r0 = tl.program_id(0) * BR
     chunk = tl.program_id(1)
@@ -126,13 +127,15 @@ def _scores_kernel(
     mask_r = offs_r < length
     j_hi = tl.minimum(r0 + BR, length)
     b_r = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
+    state = slot * NH + head  # the state before the chunk
     if SIG:
+        m_state = 0.0
         m_r = tl.zeros((BR,), dtype=tl.float32)
     elif FWD:
-        # m_t = b_t + max(m_state, max_{s <= t} (li_s - b_s)) with the state before the chunk
+        # m_t = b_t + max(m_state, max_{s <= t} (li_s - b_s)), the running max from the gate kernel
+        m_state = tl.load(MSTATE + state)
         run = tl.load(GMAX + tok0 + offs_r, mask=mask_r, other=0.0)
-        m_r = tl.where(mask_r, b_r + tl.maximum(run, tl.load(MSTATE + slot * NH + head)), 0.0)
-        tl.store(mrows_ptr + offs_r, m_r, mask=mask_r)
+        m_r = tl.where(mask_r, b_r + tl.maximum(run, m_state), 0.0)
     else:
         m_r = tl.load(mrows_ptr + offs_r, mask=mask_r, other=0.0)
     if AUG_ROWS:
@@ -141,6 +144,7 @@ def _scores_kernel(
     offs_d = tl.arange(0, BD)
     if BD >= DA:
         a_res = _load_rows(a_ptr, offs_r, mask_r, 0, offs_d, DA)
+    qn = tl.zeros((BR,), dtype=tl.float32)
     for j0 in range(0, j_hi, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < j_hi
@@ -161,8 +165,23 @@ def _scores_kernel(
         log_w = b_r[:, None] - b_j[None, :] + li_j[None, :] - m_r[:, None]
         ok = (offs_j[None, :] <= offs_r[:, None]) & mask_r[:, None] & mask_j[None, :]
         p = tl.where(ok, scores * (tl.exp(log_w) * sigma_x), 0.0)
+        if FWD:
+            qn += tl.sum(p, axis=1)
         tl.store(p_ptr + offs_r[:, None] * L + offs_j[None, :], p.to(P.dtype.element_ty),
                  mask=mask_r[:, None] & mask_j[None, :])
+    if FWD:
+        qn_state = tl.zeros((BR,), dtype=tl.float32)
+        for d0 in range(0, DA, BD):
+            dd = d0 + offs_d
+            nv = tl.load(STV + state * DA + dd, mask=dd < DA, other=0.0)
+            if BD >= DA:
+                a = a_res
+            else:
+                a = _load_rows(a_ptr, offs_r, mask_r, d0, offs_d, DA)
+            qn_state += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
+        rho = tl.where(mask_r, tl.exp(b_r + m_state - m_r), 0.0)
+        tl.store(mrows_ptr + offs_r, m_r, mask=mask_r)
+        tl.store(QN + tok0 + offs_r, qn + rho * sigma_m * qn_state, mask=mask_r)
 
 
 @triton.jit
@@ -176,8 +195,7 @@ def _intra_kernel(
     """One (BR rows x BX columns) output tile of one chunk and head; see the module docstring for the product.
 
     The boundary-state product runs first, in slices of BK, into the one accumulator; the in-chunk product then
-    adds the weighted scores (P, from `_scores_kernel`; transposed for the reverse modes) times the X rows. FWD also
-    sums the normaliser q.n from the same operands (P's rows and the A slices) and stores it.
+    adds the weighted scores (P, from `_scores_kernel`; transposed for the reverse modes) times the X rows.
     """
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -225,7 +243,6 @@ def _intra_kernel(
     # boundary state: acc = rho * sigma_m * (A @ M + a * U)
     offs_k = tl.arange(0, BK)
     acc = tl.zeros((BR, BX), dtype=tl.float32)
-    qn = tl.zeros((BR,), dtype=tl.float32)
     m_ptr = STM + state * DA * DX
     for k0 in range(0, DA, BK):
         kk = k0 + offs_k
@@ -234,9 +251,6 @@ def _intra_kernel(
         mt = tl.load(m_ptr + kk[:, None] * stride_ma + offs_x[None, :] * stride_mx, mask=mk[:, None] & mask_x[None, :],
                      other=0.0)
         acc = tl.dot(a, mt.to(a.dtype), acc, input_precision=PRECISION)
-        if FWD:
-            nv = tl.load(STV + state * DA + kk, mask=mk, other=0.0)
-            qn += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
     if AUG_MODE != 0:
         u = tl.load(STV + state * DX + offs_x, mask=mask_x, other=0.0)
         if AUG_MODE == 1:
@@ -244,7 +258,6 @@ def _intra_kernel(
         else:
             acc += u[None, :]
     acc = acc * (rho * sigma_m)[:, None]
-    qn = qn * rho * sigma_m
 
     # in-chunk causal product with the stored weighted scores
     for j0 in range(j_lo, j_hi, BJ):
@@ -256,8 +269,6 @@ def _intra_kernel(
         else:
             ok = (offs_j[None, :] <= offs_r[:, None]) & mask_r[:, None] & mask_j[None, :]
             p = tl.load(p_ptr + offs_r[:, None] * L + offs_j[None, :], mask=ok, other=0.0)
-            if FWD:
-                qn += tl.sum(p.to(tl.float32), axis=1)
         xb = tl.load(x_ptr + offs_j[:, None] * DX + offs_x[None, :], mask=mask_j[:, None] & mask_x[None, :],
                      other=0.0)
         acc = tl.dot(p.to(xb.dtype), xb, acc, input_precision=PRECISION)
@@ -265,7 +276,7 @@ def _intra_kernel(
     out_offs = offs_r[:, None] * DX + offs_x[None, :]
     out_mask = mask_r[:, None] & mask_x[None, :]
     if FWD:
-        tl.store(QN + tok0 + offs_r, qn, mask=mask_r & (xt == 0))
+        qn = tl.load(QN + tok0 + offs_r, mask=mask_r, other=0.0)
         if SIG:
             if NORMALIZE:
                 denom = tl.maximum(tl.abs(qn), 1.0) + eps
@@ -328,18 +339,16 @@ def _scores_tiles() -> TileChoice:
     configs = [_conf(4, 3, BR=64, BJ=64), _conf(8, 2, BR=64, BJ=64), _conf(8, 2, BR=128, BJ=64),
                _conf(4, 3, BR=64, BJ=32), _conf(4, 2, BR=32, BJ=64), _conf(4, 2, BR=32, BJ=32),
                _conf(2, 2, BR=32, BJ=32)]
-    return TileChoice(_scores_kernel, configs, pinned={"h": 5, "p": 1, "dp": 5, "fp32": 5},
+    return TileChoice(_scores_kernel, configs, pinned={"h": 4, "p": 4, "dp": 4, "fp32": 5},
                       small=_conf(4, 1, BR=32, BJ=32), key=["DA", "FWD", "AUG_ROWS", "SIG"])
 
 
 def _intra_tiles() -> TileChoice:
     """The intra kernel's tiles (BR rows x BX columns, BJ columns of the chunk per step), pinned per mode like the
-    scores kernel's; fp32 inputs take a small config (BX 64), since the wide ones overflow shared memory."""
+    scores kernel's; fp32 inputs take the last, small config, since the wide ones overflow shared memory."""
     configs = [_conf(4, 3, BR=64, BJ=64, BX=128), _conf(8, 3, BR=64, BJ=64, BX=256),
                _conf(8, 3, BR=128, BJ=64, BX=128), _conf(8, 2, BR=128, BJ=64, BX=256),
-               _conf(4, 3, BR=64, BJ=32, BX=128), _conf(8, 3, BR=128, BJ=32, BX=128), _conf(4, 2, BR=64, BJ=32, BX=64),
-               _conf(8, 2, BR=64, BJ=128, BX=128), _conf(4, 4, BR=64, BJ=64, BX=128), _conf(8, 2, BR=256, BJ=64, BX=64),
-               _conf(4, 3, BR=128, BJ=64, BX=64)]
+               _conf(4, 3, BR=64, BJ=32, BX=128), _conf(8, 3, BR=128, BJ=32, BX=128), _conf(4, 2, BR=64, BJ=32, BX=64)]
     return TileChoice(_intra_kernel, configs, pinned={"h": 0, "dq": 0, "dk": 0, "dv": 0, "fp32": 6},
                       small=_conf(4, 1, BR=32, BJ=32, BX=64), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"],
                       reset_to_zero=["RDOT"])
@@ -350,9 +359,10 @@ INTRA_TILES = _intra_tiles()
 
 
 def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, gli, mrows, mstate, sigma_ab: float,
-            sigma_x: float, sig: bool, gmax=None, aug=None):
+            sigma_x: float, sig: bool, stv=None, qn=None, gmax=None, aug=None, sigma_m: float = 1.0):
     """Launch the scores kernel: each chunk's weighted scores into out (n_chunks, NH, L, L). Case 'h' (the forward)
-    also writes the row stabilisers (mrows, from gmax of `_gates`); 'p' and 'dp' read them."""
+    also writes the row stabilisers (mrows, from gmax of `_gates`) and the normaliser sums (qn); 'p' and 'dp' read
+    mrows."""
     _, NH, S, DA = A.shape
     half = A.element_size() == 2
     BD = _pow2(DA, high=32 if interpreter_enabled() else (256 if half else 64))
@@ -363,8 +373,9 @@ def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, 
 
     SCORES_TILES.launch(
         case if half else "fp32", grid,
-        A, BM, out, aug if aug is not None else dummy, gb, gli, gmax if gmax is not None else dummy, mrows, mstate,
-        layout.chunks, layout.n_chunks, NH, S, sigma_ab, sigma_x,
+        A, BM, out, aug if aug is not None else dummy, stv if stv is not None else dummy, gb, gli,
+        gmax if gmax is not None else dummy, mrows,
+        qn if qn is not None else dummy, mstate, layout.chunks, layout.n_chunks, NH, S, sigma_ab, sigma_x, sigma_m,
         L=chunk_size, DA=DA, FWD=case == "h", AUG_ROWS=aug is not None, SIG=sig, PRECISION=_precision(A.dtype), BD=BD,
     )
 
@@ -482,7 +493,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
         scale = q.shape[-1] ** -0.5
         scores = _score_buffer(layout, q.shape[1], chunk_size, q)
         _scores("h", layout, chunk_size, A=q, BM=k, out=scores, gb=gb, gli=gli, gmax=gmax, mrows=mrows, mstate=m,
-                sigma_ab=scale, sigma_x=1.0, sig=sig)
+                stv=n, qn=qn, sigma_ab=scale, sigma_x=1.0, sigma_m=scale, sig=sig)
         _intra("h", layout, chunk_size, A=q, P=scores, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows,
                mstate=m, qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
         del scores
