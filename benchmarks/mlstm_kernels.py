@@ -56,8 +56,8 @@ def _inputs(B, S, NH, DK, DV, seed=0):
     return [t.requires_grad_() for t in (q, k, v, igate, fgate)]
 
 
-def _measure(impl, case, fwd, leaves, flops_fwd, peak, **extra):
-    """fwd and fwd+bwd time, peak memory and achieved rate of one implementation."""
+def _measure(impl, case, fwd, leaves, flops_fwd, peak, metrics=("fwd", "fwd+bwd"), **extra):
+    """fwd and fwd+bwd time (those in `metrics`), peak memory and achieved rate of one implementation."""
     out = fwd()
     grad = torch.randn_like(out)
     del out
@@ -73,6 +73,8 @@ def _measure(impl, case, fwd, leaves, flops_fwd, peak, **extra):
 
     rows = []
     for metric, fn, flops in (("fwd", infer, flops_fwd), ("fwd+bwd", train, 3 * flops_fwd)):
+        if metric not in metrics:
+            continue
         ms = _median_ms(fn)
         tflops = flops / ms / 1e9
         common = dict(impl=impl, case=case, **extra)
@@ -133,12 +135,13 @@ def _bench_fla(name, B, S, NH, DK, DV, peak):
     v = torch.randn(B, S, NH, DV, device="cuda", generator=g).bfloat16().requires_grad_()
     gate = torch.nn.functional.logsigmoid(torch.randn(B, S, NH, device="cuda", generator=g) + 3).requires_grad_()
     fwd = lambda: chunk_simple_gla(q, k, v, gate)[0]
+    measure = lambda metrics: _measure("fla_chunk_simple_gla", name, fwd, [q, k, v, gate],
+                                       mlstm_flops(B, S, NH, DK, DV, 64), peak, metrics, B=B, S=S, NH=NH, DK=DK, DV=DV)
     try:
-        return _measure("fla_chunk_simple_gla", name, fwd, [q, k, v, gate], mlstm_flops(B, S, NH, DK, DV, 64), peak,
-                        B=B, S=S, NH=NH, DK=DK, DV=DV)
+        return measure(("fwd", "fwd+bwd"))
     except RuntimeError as err:  # fla 0.6 refuses its gated backward on Hopper with Triton < 3.7.1 (its issue #640)
-        print(f"fla_chunk_simple_gla skipped: {str(err)[:160]}")
-        return []
+        print(f"fla_chunk_simple_gla backward refused, forward only: {str(err)[:160]}")
+        return measure(("fwd",))
 
 
 def profile_case(cfg, chunk_size, variant="exp"):
@@ -159,12 +162,13 @@ def _config_name(config) -> str:
     return f"{tiles}/w{config.num_warps}/s{config.num_stages}"
 
 
-def sweep_tiles(cfg, chunk_size, repeats=5):
-    """Every tile config of the intra and local kernels, per launch case: device time (CUDA events around each
-    launch, median over `repeats` exp fwd+bwd runs), ptxas registers and spills, and the largest relative error of
-    h and the gradients against the first config. Pins each case's fastest config, then returns the rows."""
+def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "local")):
+    """Every tile config of the scores, intra and local kernels (those named in `kernels`), per launch case: device
+    time (CUDA events around each launch, median over `repeats` exp fwd+bwd runs), ptxas registers and spills, and the
+    largest relative error of h and the gradients against the first config. Pins each case's fastest config, then
+    returns the rows."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
-    from kernels.mlstm.chunkwise_triton import INTRA_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
 
     rel_err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
     leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
@@ -176,7 +180,8 @@ def sweep_tiles(cfg, chunk_size, repeats=5):
         return [h.detach(), *torch.autograd.grad(h, leaves, grad)]
 
     rows, first = [], None
-    for name, choice in (("intra", INTRA_TILES), ("local", LOCAL_TILES)):
+    choices = {"scores": SCORES_TILES, "intra": INTRA_TILES, "local": LOCAL_TILES}
+    for name, choice in ((name, choices[name]) for name in kernels):
         before, original, records = dict(choice.pinned), choice.launch, []
 
         def timed(case, grid, *args, original=original, records=records, **kwargs):
@@ -246,6 +251,8 @@ def main(argv=None):
     parser.add_argument("--tiles", action="store_true",
                         help="sweep the tile configs on the first case (exp, last chunk size), pin the fastest, then "
                              "benchmark ours with them")
+    parser.add_argument("--tile-kernels", nargs="*", default=["scores", "intra", "local"],
+                        choices=["scores", "intra", "local"], help="the kernels --tiles sweeps")
     parser.add_argument("--impls", nargs="*", default=["ours:triton", "ours:torch", "sdpa_flash",
                                                        "fla_chunk_simple_gla"])
     args = parser.parse_args(argv)
@@ -256,7 +263,7 @@ def main(argv=None):
     peak = _matmul_peak_tflops()
     rows = [dict(impl="torch_matmul_bf16", case="8192^3", metric="tflops", value=round(peak, 1), unit="TFLOP/s")]
     if args.tiles:
-        rows += sweep_tiles(CASES[args.cases[0]], args.chunk_sizes[-1])
+        rows += sweep_tiles(CASES[args.cases[0]], args.chunk_sizes[-1], kernels=args.tile_kernels)
     if importlib.util.find_spec("fla") is None:
         print("fla (flash-linear-attention) is not installed here: no chunk_simple_gla rows")
     path = pathlib.Path(args.out)

@@ -4,19 +4,24 @@ Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). For
   1. `_gate_kernel`: log input gates and chunk-local cumulative log forget gates b (fp32).
   2. `chunk_states` (kernels/mlstm/chunk_states_triton.py): the stabilised memory (C, n, m) at every chunk boundary,
      from a parallel per-chunk product and an elementwise scan across the chunks.
-  3. `_intra_kernel`: every output tile (rows of one chunk x a block of DHV) from the causal in-chunk product, tiled
-     along the chunk (second level of sequence parallelism) and along DHQK, plus the boundary state's contribution.
+  3. `_scores_kernel`: each chunk's causal, gate-weighted scores P (L x L, in the inputs' dtype), once per chunk,
+     tiled along the chunk's rows and columns (second level of sequence parallelism), plus the row stabilisers and
+     normaliser sums.
+  4. `_intra_kernel`: every output tile (rows of one chunk x a block of DHV) as the boundary state's contribution
+     plus P times the chunk's values: two plain matrix products, with no score recomputed per column block.
 Backward reuses the forward's gates and boundary states (kept in the inputs' dtype: for bf16, (S / L + 1) * NH *
 DHQK * DHV * 2 bytes per sequence between forward and backward, e.g. 0.54 GB at S = 65,536, NH = 8, DHQK = 256,
-DHV = 512, L = 256), walks the chunks in reverse for the state gradients (same two kernels) and gets dq, dk, dv from
-the same intra kernel in three more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv).
+DHV = 512, L = 256), walks the chunks in reverse for the state gradients (same two kernels), forms the scores of
+(dnum, v) once for dq and, transposed, dk, recomputes P for dv, and gets dq, dk, dv from the intra kernel in three
+more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv). The score buffer (n_chunks * NH *
+L * L elements, 0.27 GB at the shape above) lives only during each pass.
 
 Every product the kernels form has one shape:
-  out[r] = sigma_x * sum_j ((A_r . B_j) * sigma_ab + a_r * b_j) * W(r, j) * X_j
-           + rho_r * sigma_m * (A_r @ M + a_r * U)
+  out[r] = sum_j P(r, j) * X_j + rho_r * sigma_m * (A_r @ M + a_r * U),
+  P(t, s) = sigma_x * ((A_t . B_s) * sigma_ab + a_t) * W(t, s)
 with W(t, s) = exp(b_t - b_s + li_s - m_t) for s <= t (the decay from s to t), rho the weight of the chunk-boundary
-state M, and (a, b, U) an optional rank-1 term that carries the normaliser's gradient. The mode table in
-`_intra` says what A, B, X, M are for h, dq, dk and dv.
+state M, and (a, U) an optional rank-1 term that carries the normaliser's gradient. The mode table in `_intra` says
+what A, P, X, M are for h, dq, dk and dv.
 
 Gradients: the stabiliser m is treated as a constant inside a chunk (its effect on h is through eps only), except
 that the last state's m is differentiated exactly (it picks which gate a loss on the last state reaches). Gate
@@ -50,7 +55,14 @@ def _logsigmoid(x):
 
 
 @triton.jit
-def _gate_kernel(IG, FG, GB, GLI, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BLOCK: tl.constexpr):
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _gate_kernel(IG, FG, GB, GLI, GMAX, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BLOCK: tl.constexpr):
+    """Per chunk: b (cumulative log forget gates), log input gates and, for exp, max_{s <= t} (li_s - b_s), the
+    in-chunk part of the row stabiliser m_t = b_t + max(m_state, that max)."""
     chunk = tl.program_id(0)
     head = tl.program_id(1)
     row = tl.load(CHUNKS + chunk)
@@ -60,10 +72,14 @@ def _gate_kernel(IG, FG, GB, GLI, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BL
     offs = tl.arange(0, BLOCK)
     mask = offs < length
     f = tl.load(FG + base + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(GB + base + offs, tl.cumsum(tl.where(mask, _logsigmoid(f), 0.0), axis=0), mask=mask)
+    b = tl.cumsum(tl.where(mask, _logsigmoid(f), 0.0), axis=0)
+    tl.store(GB + base + offs, b, mask=mask)
     i = tl.load(IG + base + offs, mask=mask, other=0.0).to(tl.float32)
     if SIG:
         i = _logsigmoid(i)
+    else:
+        run = tl.associative_scan(tl.where(mask, i - b, float("-inf")), 0, _max)
+        tl.store(GMAX + base + offs, run, mask=mask)
     tl.store(GLI + base + offs, i, mask=mask)
 
 
@@ -75,108 +91,61 @@ def _load_rows(ptr, offs_r, mask_r, d0, offs_d, D):
 
 
 @triton.jit
-def _intra_kernel(
-    A, BM, X, OUT, STM, STV, AUG, R, RDOT, GB, GLI, MROWS, QN, MSTATE, CHUNKS,
-    n_chunks, NH, S, stride_ma, stride_mx, rdot_stride, sigma_ab, sigma_x, sigma_m, eps,
-    DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr, AUG_MODE: tl.constexpr,
-    ROWDOT: tl.constexpr, SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
-    BD: tl.constexpr, BK: tl.constexpr,
-    BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr,
-):
-    """One (BR rows x BX columns) output tile of one chunk and head; see the module docstring for the product.
-
-    The row operand A is read in slices of BD columns for the scores; when one slice covers DA (BD >= DA) it is
-    loaded once and stays resident for every column block. The boundary-state product runs first, in slices of BK,
-    into the one accumulator that the in-chunk product then adds to.
-    """
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    head = tl.program_id(2)
-    n_xt = tl.cdiv(DX, BX)
-    xt = pid % n_xt
-    r0 = (pid // n_xt) * BR
+def _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head):
+    """Length of the chunk, its first token's offset (int64) and its start-state slot."""
     length = tl.load(CHUNKS + 2 * n_chunks + chunk)
-    if r0 >= length:
-        return
     row = tl.load(CHUNKS + chunk)
     start = tl.load(CHUNKS + n_chunks + chunk)
     slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
-    tok0 = (row.to(tl.int64) * NH + head) * S + start
-    # the chunk's own base pointers keep every tile offset below in 32 bits
-    a_ptr, bm_ptr, x_ptr, out_ptr = A + tok0 * DA, BM + tok0 * DA, X + tok0 * DX, OUT + tok0 * DX
+    return length, (row.to(tl.int64) * NH + head) * S + start, slot
+
+
+@triton.jit
+def _scores_kernel(
+    A, BM, P, AUG, STV, GB, GLI, GMAX, MROWS, QN, MSTATE, CHUNKS,
+    n_chunks, NH, S, sigma_ab, sigma_x, sigma_m,
+    L: tl.constexpr, DA: tl.constexpr, FWD: tl.constexpr, AUG_ROWS: tl.constexpr, SIG: tl.constexpr,
+    PRECISION: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr,
+):
+    """BR rows of one chunk's weighted scores P[t, s] = ((A_t . B_s) * sigma_ab + aug_t) * sigma_x * W(t, s) for
+    s <= t, written to the chunk's L x L block of P (columns s < the tile's last row + 1; the rest is never read).
+
+    FWD also derives the row stabiliser m_t (from the gate kernel's running max) and the normaliser's q.n sum
+    (in-chunk part from the fp32 scores, boundary part rho * sigma_m * A_t . n) and stores both; otherwise m_t is read
+    (MROWS). The sum must come from the unrounded scores: its terms cancel.
+    """
+    r0 = tl.program_id(0) * BR
+    chunk = tl.program_id(1)
+    head = tl.program_id(2)
+    length, tok0, slot = _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    if r0 >= length:
+        return
+    a_ptr, bm_ptr = A + tok0 * DA, BM + tok0 * DA
     gb_ptr, gli_ptr, mrows_ptr = GB + tok0, GLI + tok0, MROWS + tok0
+    p_ptr = P + (chunk.to(tl.int64) * NH + head) * (L * L)
     offs_r = r0 + tl.arange(0, BR)
     mask_r = offs_r < length
-    offs_x = xt * BX + tl.arange(0, BX)
-    mask_x = offs_x < DX
+    j_hi = tl.minimum(r0 + BR, length)
     b_r = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
-    li_r = tl.load(gli_ptr + offs_r, mask=mask_r, other=0.0)
-    if REVERSE:
-        state = (slot + 1) * NH + head  # columns t >= s: the state after the chunk, fed by the rows s
-    else:
-        state = slot * NH + head  # the state before the chunk, read by the rows t
+    state = slot * NH + head  # the state before the chunk
     if SIG:
         m_state = 0.0
-    else:
+        m_r = tl.zeros((BR,), dtype=tl.float32)
+    elif FWD:
+        # m_t = b_t + max(m_state, max_{s <= t} (li_s - b_s)), the running max from the gate kernel
         m_state = tl.load(MSTATE + state)
-
-    if REVERSE:
-        g = tl.load(gb_ptr + length - 1)
-        rho = tl.exp(g - b_r + li_r - m_state)
-        j_lo = r0
-        j_hi = length
+        run = tl.load(GMAX + tok0 + offs_r, mask=mask_r, other=0.0)
+        m_r = tl.where(mask_r, b_r + tl.maximum(run, m_state), 0.0)
     else:
-        j_lo = 0
-        j_hi = tl.minimum(r0 + BR, length)
-        if SIG:
-            m_r = tl.zeros((BR,), dtype=tl.float32)
-        elif FWD:
-            # row stabiliser m_t = b_t + max(m_state, max_{s <= t} (li_s - b_s)), from the gates alone
-            run = tl.full((BR,), float("-inf"), dtype=tl.float32)
-            for j0 in range(0, j_hi, BJ):
-                offs_j = j0 + tl.arange(0, BJ)
-                mask_j = offs_j < j_hi
-                val = tl.load(gli_ptr + offs_j, mask=mask_j, other=0.0) - tl.load(gb_ptr + offs_j, mask=mask_j,
-                                                                                  other=0.0)
-                ok = (offs_j[None, :] <= offs_r[:, None]) & mask_j[None, :]
-                run = tl.maximum(run, tl.max(tl.where(ok, val[None, :], float("-inf")), axis=1))
-            m_r = tl.where(mask_r, b_r + tl.maximum(run, m_state), 0.0)
-        else:
-            m_r = tl.load(mrows_ptr + offs_r, mask=mask_r, other=0.0)
-        rho = tl.exp(b_r + m_state - m_r)
-    rho = tl.where(mask_r, rho, 0.0)
-    if AUG_MODE == 1:
+        m_r = tl.load(mrows_ptr + offs_r, mask=mask_r, other=0.0)
+    if AUG_ROWS:
         aug_r = tl.load(AUG + tok0 + offs_r, mask=mask_r, other=0.0)
 
-    # boundary state: acc = rho * sigma_m * (A @ M + a * U)
-    offs_k = tl.arange(0, BK)
-    acc = tl.zeros((BR, BX), dtype=tl.float32)
-    qn_state = tl.zeros((BR,), dtype=tl.float32)
-    m_ptr = STM + state * DA * DX
-    for k0 in range(0, DA, BK):
-        kk = k0 + offs_k
-        mk = kk < DA
-        a = _load_rows(a_ptr, offs_r, mask_r, k0, offs_k, DA)
-        mt = tl.load(m_ptr + kk[:, None] * stride_ma + offs_x[None, :] * stride_mx, mask=mk[:, None] & mask_x[None, :],
-                     other=0.0)
-        acc = tl.dot(a, mt.to(a.dtype), acc, input_precision=PRECISION)
-        if FWD:
-            nv = tl.load(STV + state * DA + kk, mask=mk, other=0.0)
-            qn_state += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
-    if AUG_MODE != 0:
-        u = tl.load(STV + state * DX + offs_x, mask=mask_x, other=0.0)
-        if AUG_MODE == 1:
-            acc += aug_r[:, None] * u[None, :]
-        else:
-            acc += u[None, :]
-    acc = acc * (rho * sigma_m)[:, None]
-
-    # in-chunk causal product, sigma_x folded into the weights
     offs_d = tl.arange(0, BD)
     if BD >= DA:
         a_res = _load_rows(a_ptr, offs_r, mask_r, 0, offs_d, DA)
     qn = tl.zeros((BR,), dtype=tl.float32)
-    for j0 in range(j_lo, j_hi, BJ):
+    for j0 in range(0, j_hi, BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < j_hi
         if BD >= DA:
@@ -189,26 +158,117 @@ def _intra_kernel(
                 bm = _load_rows(bm_ptr, offs_j, mask_j, d0, offs_d, DA)
                 scores = tl.dot(a, tl.trans(bm), scores, input_precision=PRECISION)
         scores = scores * sigma_ab
-        if AUG_MODE == 1:
+        if AUG_ROWS:
             scores += aug_r[:, None]
-        if AUG_MODE == 2:
-            scores += tl.load(AUG + tok0 + offs_j, mask=mask_j, other=0.0)[None, :]
         b_j = tl.load(gb_ptr + offs_j, mask=mask_j, other=0.0)
-        if REVERSE:
-            if SIG:
-                log_w = b_j[None, :] - b_r[:, None] + li_r[:, None]
-            else:
-                m_j = tl.load(mrows_ptr + offs_j, mask=mask_j, other=0.0)
-                log_w = b_j[None, :] - b_r[:, None] + li_r[:, None] - m_j[None, :]
-            ok = offs_j[None, :] >= offs_r[:, None]
-        else:
-            li_j = tl.load(gli_ptr + offs_j, mask=mask_j, other=0.0)
-            log_w = b_r[:, None] - b_j[None, :] + li_j[None, :] - m_r[:, None]
-            ok = offs_j[None, :] <= offs_r[:, None]
-        ok = ok & mask_r[:, None] & mask_j[None, :]
+        li_j = tl.load(gli_ptr + offs_j, mask=mask_j, other=0.0)
+        log_w = b_r[:, None] - b_j[None, :] + li_j[None, :] - m_r[:, None]
+        ok = (offs_j[None, :] <= offs_r[:, None]) & mask_r[:, None] & mask_j[None, :]
         p = tl.where(ok, scores * (tl.exp(log_w) * sigma_x), 0.0)
         if FWD:
             qn += tl.sum(p, axis=1)
+        tl.store(p_ptr + offs_r[:, None] * L + offs_j[None, :], p.to(P.dtype.element_ty),
+                 mask=mask_r[:, None] & mask_j[None, :])
+    if FWD:
+        qn_state = tl.zeros((BR,), dtype=tl.float32)
+        for d0 in range(0, DA, BD):
+            dd = d0 + offs_d
+            nv = tl.load(STV + state * DA + dd, mask=dd < DA, other=0.0)
+            if BD >= DA:
+                a = a_res
+            else:
+                a = _load_rows(a_ptr, offs_r, mask_r, d0, offs_d, DA)
+            qn_state += tl.sum(a.to(tl.float32) * nv[None, :], axis=1)
+        rho = tl.where(mask_r, tl.exp(b_r + m_state - m_r), 0.0)
+        tl.store(mrows_ptr + offs_r, m_r, mask=mask_r)
+        tl.store(QN + tok0 + offs_r, qn + rho * sigma_m * qn_state, mask=mask_r)
+
+
+@triton.jit
+def _intra_kernel(
+    A, P, X, OUT, STM, STV, AUG, R, RDOT, GB, GLI, MROWS, QN, MSTATE, CHUNKS,
+    n_chunks, NH, S, stride_ma, stride_mx, rdot_stride, sigma_m, eps,
+    L: tl.constexpr, DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, FWD: tl.constexpr,
+    AUG_MODE: tl.constexpr, ROWDOT: tl.constexpr, SIG: tl.constexpr, NORMALIZE: tl.constexpr,
+    PRECISION: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr,
+):
+    """One (BR rows x BX columns) output tile of one chunk and head; see the module docstring for the product.
+
+    The boundary-state product runs first, in slices of BK, into the one accumulator; the in-chunk product then
+    adds the weighted scores (P, from `_scores_kernel`; transposed for the reverse modes) times the X rows.
+    """
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    head = tl.program_id(2)
+    n_xt = tl.cdiv(DX, BX)
+    xt = pid % n_xt
+    r0 = (pid // n_xt) * BR
+    length, tok0, slot = _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    if r0 >= length:
+        return
+    # the chunk's own base pointers keep every tile offset below in 32 bits
+    a_ptr, x_ptr, out_ptr = A + tok0 * DA, X + tok0 * DX, OUT + tok0 * DX
+    gb_ptr, gli_ptr = GB + tok0, GLI + tok0
+    p_ptr = P + (chunk.to(tl.int64) * NH + head) * (L * L)
+    offs_r = r0 + tl.arange(0, BR)
+    mask_r = offs_r < length
+    offs_x = xt * BX + tl.arange(0, BX)
+    mask_x = offs_x < DX
+    b_r = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
+    if REVERSE:
+        state = (slot + 1) * NH + head  # columns t >= s: the state after the chunk, fed by the rows s
+    else:
+        state = slot * NH + head  # the state before the chunk, read by the rows t
+    if SIG:
+        m_state = 0.0
+    else:
+        m_state = tl.load(MSTATE + state)
+
+    if REVERSE:
+        g = tl.load(gb_ptr + length - 1)
+        li_r = tl.load(gli_ptr + offs_r, mask=mask_r, other=0.0)
+        rho = tl.exp(g - b_r + li_r - m_state)
+        j_lo = r0
+        j_hi = length
+    else:
+        j_lo = 0
+        j_hi = tl.minimum(r0 + BR, length)
+        if SIG:
+            m_r = tl.zeros((BR,), dtype=tl.float32)
+        else:
+            m_r = tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0)
+        rho = tl.exp(b_r + m_state - m_r)
+    rho = tl.where(mask_r, rho, 0.0)
+
+    # boundary state: acc = rho * sigma_m * (A @ M + a * U)
+    offs_k = tl.arange(0, BK)
+    acc = tl.zeros((BR, BX), dtype=tl.float32)
+    m_ptr = STM + state * DA * DX
+    for k0 in range(0, DA, BK):
+        kk = k0 + offs_k
+        mk = kk < DA
+        a = _load_rows(a_ptr, offs_r, mask_r, k0, offs_k, DA)
+        mt = tl.load(m_ptr + kk[:, None] * stride_ma + offs_x[None, :] * stride_mx, mask=mk[:, None] & mask_x[None, :],
+                     other=0.0)
+        acc = tl.dot(a, mt.to(a.dtype), acc, input_precision=PRECISION)
+    if AUG_MODE != 0:
+        u = tl.load(STV + state * DX + offs_x, mask=mask_x, other=0.0)
+        if AUG_MODE == 1:
+            acc += tl.load(AUG + tok0 + offs_r, mask=mask_r, other=0.0)[:, None] * u[None, :]
+        else:
+            acc += u[None, :]
+    acc = acc * (rho * sigma_m)[:, None]
+
+    # in-chunk causal product with the stored weighted scores
+    for j0 in range(j_lo, j_hi, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask_j = offs_j < j_hi
+        if REVERSE:  # P[t, s] with t = column j >= s = row r
+            ok = (offs_j[:, None] >= offs_r[None, :]) & mask_j[:, None] & mask_r[None, :]
+            p = tl.trans(tl.load(p_ptr + offs_j[:, None] * L + offs_r[None, :], mask=ok, other=0.0))
+        else:
+            ok = (offs_j[None, :] <= offs_r[:, None]) & mask_r[:, None] & mask_j[None, :]
+            p = tl.load(p_ptr + offs_r[:, None] * L + offs_j[None, :], mask=ok, other=0.0)
         xb = tl.load(x_ptr + offs_j[:, None] * DX + offs_x[None, :], mask=mask_j[:, None] & mask_x[None, :],
                      other=0.0)
         acc = tl.dot(p.to(xb.dtype), xb, acc, input_precision=PRECISION)
@@ -216,7 +276,7 @@ def _intra_kernel(
     out_offs = offs_r[:, None] * DX + offs_x[None, :]
     out_mask = mask_r[:, None] & mask_x[None, :]
     if FWD:
-        qn = qn + rho * sigma_m * qn_state
+        qn = tl.load(QN + tok0 + offs_r, mask=mask_r, other=0.0)
         if SIG:
             if NORMALIZE:
                 denom = tl.maximum(tl.abs(qn), 1.0) + eps
@@ -225,8 +285,6 @@ def _intra_kernel(
         else:
             denom = tl.maximum(tl.abs(qn), tl.exp(-m_r)) + eps
         tl.store(out_ptr + out_offs, (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=out_mask)
-        tl.store(mrows_ptr + offs_r, m_r, mask=mask_r & (xt == 0))
-        tl.store(QN + tok0 + offs_r, qn, mask=mask_r & (xt == 0))
     else:
         tl.store(out_ptr + out_offs, acc.to(OUT.dtype.element_ty), mask=out_mask)
         if ROWDOT:
@@ -270,57 +328,92 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+def _conf(warps: int, stages: int, **tiles: int) -> triton.Config:
+    return triton.Config(tiles, num_warps=warps, num_stages=stages)
+
+
+def _scores_tiles() -> TileChoice:
+    """The scores kernel's tiles (BR rows, BJ columns per step), pinned per case from an H100 sweep at DHQK=256,
+    DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json): 'h' the forward, 'p' the backward's recomputed
+    scores, 'dp' the output-gradient scores (DHV wide); fp32 inputs take a small config (32 x 32)."""
+    configs = [_conf(4, 3, BR=64, BJ=64), _conf(8, 2, BR=64, BJ=64), _conf(8, 2, BR=128, BJ=64),
+               _conf(4, 3, BR=64, BJ=32), _conf(4, 2, BR=32, BJ=64), _conf(4, 2, BR=32, BJ=32),
+               _conf(2, 2, BR=32, BJ=32)]
+    return TileChoice(_scores_kernel, configs, pinned={"h": 4, "p": 4, "dp": 4, "fp32": 5},
+                      small=_conf(4, 1, BR=32, BJ=32), key=["DA", "FWD", "AUG_ROWS", "SIG"])
+
+
 def _intra_tiles() -> TileChoice:
-    """The intra kernel's tiles (BR rows x BX columns, BJ columns of the chunk per step), pinned per mode from the
-    H100 sweep at DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json); fp32 inputs take the
-    last, small config, since the wide ones overflow shared memory at 4 bytes per element."""
-    conf = lambda br, bj, bx, warps, stages: triton.Config({"BR": br, "BJ": bj, "BX": bx}, num_warps=warps,
-                                                           num_stages=stages)
-    # (BR 64, BJ 64, BX 256, 8 warps, 2 stages) is left out: on the H100 with Triton 3.6 it gave different gradients
-    # on repeated eager runs of the same inputs (10x the error of the other tiles), a race in the compiled kernel
-    configs = [conf(64, 32, 128, 4, 3), conf(128, 64, 128, 8, 2), conf(64, 64, 128, 8, 3), conf(64, 32, 256, 8, 3),
-               conf(64, 32, 64, 4, 2)]
-    return TileChoice(_intra_kernel, configs, pinned={"h": 0, "dq": 3, "dk": 3, "dv": 0, "fp32": 4},
-                      small=conf(32, 32, 64, 4, 1), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"],
+    """The intra kernel's tiles (BR rows x BX columns, BJ columns of the chunk per step), pinned per mode like the
+    scores kernel's; fp32 inputs take the last, small config, since the wide ones overflow shared memory."""
+    configs = [_conf(4, 3, BR=64, BJ=64, BX=128), _conf(8, 3, BR=64, BJ=64, BX=256),
+               _conf(8, 3, BR=128, BJ=64, BX=128), _conf(8, 2, BR=128, BJ=64, BX=256),
+               _conf(4, 3, BR=64, BJ=32, BX=128), _conf(8, 3, BR=128, BJ=32, BX=128), _conf(4, 2, BR=64, BJ=32, BX=64)]
+    return TileChoice(_intra_kernel, configs, pinned={"h": 0, "dq": 0, "dk": 0, "dv": 0, "fp32": 6},
+                      small=_conf(4, 1, BR=32, BJ=32, BX=64), key=["DA", "DX", "REVERSE", "FWD", "AUG_MODE", "SIG"],
                       reset_to_zero=["RDOT"])
 
 
+SCORES_TILES = _scores_tiles()
 INTRA_TILES = _intra_tiles()
 
 
-def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, BM, X, out, stm, stv, gb, gli, mrows, mstate,
+def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, gli, mrows, mstate, sigma_ab: float,
+            sigma_x: float, sig: bool, stv=None, qn=None, gmax=None, aug=None, sigma_m: float = 1.0):
+    """Launch the scores kernel: each chunk's weighted scores into out (n_chunks, NH, L, L). Case 'h' (the forward)
+    also writes the row stabilisers (mrows, from gmax of `_gates`) and the normaliser sums (qn); 'p' and 'dp' read
+    mrows."""
+    _, NH, S, DA = A.shape
+    half = A.element_size() == 2
+    BD = _pow2(DA, high=32 if interpreter_enabled() else (256 if half else 64))
+    dummy = gb
+
+    def grid(meta):
+        return (triton.cdiv(chunk_size, meta["BR"]), layout.n_chunks, NH)
+
+    SCORES_TILES.launch(
+        case if half else "fp32", grid,
+        A, BM, out, aug if aug is not None else dummy, stv if stv is not None else dummy, gb, gli,
+        gmax if gmax is not None else dummy, mrows,
+        qn if qn is not None else dummy, mstate, layout.chunks, layout.n_chunks, NH, S, sigma_ab, sigma_x, sigma_m,
+        L=chunk_size, DA=DA, FWD=case == "h", AUG_ROWS=aug is not None, SIG=sig, PRECISION=_precision(A.dtype), BD=BD,
+    )
+
+
+def _score_buffer(layout: ChunkLayout, NH: int, chunk_size: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(layout.n_chunks, NH, chunk_size, chunk_size, device=like.device, dtype=like.dtype)
+
+
+def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, P, X, out, stm, stv, gb, gli, mrows, mstate,
            scale: float, sig: bool, normalize: bool = True, eps: float = 0.0, aug=None, rows_dot=None, qn=None):
     """Launch the intra-chunk kernel in one of its modes: 'h', 'dq', 'dk', 'dv'.
 
-    mode: (A, B, X, boundary state M)      = h: (q, k, v, C)   dq: (dnum, v, k, C^T)
-                                            dk: (v, dnum, q, dC^T)   dv: (k, q, dnum, dC)
-    The partial row-dots (rows_dot) are reset to zero around autotuning, which writes the slots of other tilings.
+    mode: (A, P, X, boundary state M)      = h: (q, P, v, C)      dq: (dnum, dP, k, C^T)
+                                            dk: (v, dP^T, q, dC^T)   dv: (k, P^T, dnum, dC)
+    with P the forward's weighted scores and dP those of (dnum, v) (`_scores`). The partial row-dots (rows_dot) are
+    reset to zero around autotuning, which writes the slots of other tilings.
     """
     _, NH, S, DA = A.shape
     DX = X.shape[-1]
     transposed = mode in ("dq", "dk")
     stride_ma, stride_mx = (1, DA) if transposed else (DX, 1)
-    sigma_ab, sigma_x, sigma_m = {"h": (scale, 1.0, scale), "dq": (1.0, scale, scale),
-                                  "dk": (1.0, scale, 1.0), "dv": (scale, 1.0, 1.0)}[mode]
+    sigma_m = {"h": scale, "dq": scale, "dk": 1.0, "dv": 1.0}[mode]
     aug_mode = {"dq": _AUG_ROWS, "dk": _AUG_COLS}.get(mode, _AUG_NONE)
     rdot, r = (rows_dot if rows_dot is not None else (out, out))
     dummy = gb
-    # one slice of the row operand for the scores up to 256 columns of 16-bit inputs (resident), 64 of fp32, 32
-    # under the interpreter so that the tests also walk the sliced path; the state product in slices of <= 64 (32)
-    interpret, half = interpreter_enabled(), A.element_size() == 2
-    BD = _pow2(DA, high=32 if interpret else (256 if half else 64))
-    BK = min(BD, 64)
+    half = A.element_size() == 2
+    BK = _pow2(DA, high=32 if interpreter_enabled() else 64)
 
     def grid(meta):
         return (triton.cdiv(chunk_size, meta["BR"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
 
     return INTRA_TILES.launch(
         mode if half else "fp32", grid,
-        A, BM, X, out, stm, stv, aug if aug is not None else dummy, r, rdot, gb, gli, mrows,
+        A, P, X, out, stm, stv, aug if aug is not None else dummy, r, rdot, gb, gli, mrows,
         qn if qn is not None else dummy, mstate, layout.chunks,
-        layout.n_chunks, NH, S, stride_ma, stride_mx, gb.numel(), sigma_ab, sigma_x, sigma_m, eps,
-        DA=DA, DX=DX, REVERSE=mode in ("dk", "dv"), FWD=mode == "h", AUG_MODE=aug_mode, ROWDOT=rows_dot is not None,
-        SIG=sig, NORMALIZE=normalize, PRECISION=_precision(A.dtype), BD=BD, BK=BK,
+        layout.n_chunks, NH, S, stride_ma, stride_mx, gb.numel(), sigma_m, eps,
+        L=chunk_size, DA=DA, DX=DX, REVERSE=mode in ("dk", "dv"), FWD=mode == "h", AUG_MODE=aug_mode,
+        ROWDOT=rows_dot is not None, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(A.dtype), BK=BK,
     )
 
 
@@ -328,9 +421,10 @@ def _gates(igate, fgate, layout: ChunkLayout, chunk_size: int, sig: bool):
     B, NH, S = igate.shape
     gb = torch.empty(B, NH, S, device=igate.device, dtype=torch.float32)
     gli = torch.empty_like(gb)
-    _gate_kernel[(layout.n_chunks, NH)](igate, fgate, gb, gli, layout.chunks, layout.n_chunks, NH, S,
+    gmax = gb if sig else torch.empty_like(gb)  # not written for sig
+    _gate_kernel[(layout.n_chunks, NH)](igate, fgate, gb, gli, gmax, layout.chunks, layout.n_chunks, NH, S,
                                         SIG=sig, BLOCK=_pow2(chunk_size))
-    return gb, gli
+    return gb, gli, gmax
 
 
 def _states(k, v, gb, gli, layout, chunk_size, init, sig):
@@ -391,14 +485,18 @@ class _MLSTMChunkwise(torch.autograd.Function):
         B, _, S, _ = q.shape
         layout = chunk_layout(B, S, chunk_size, q.device, bounds)
         init = _fold_initial(c0, n0, m0, sig)
-        gb, gli = _gates(igate, fgate, layout, chunk_size, sig)
+        gb, gli, gmax = _gates(igate, fgate, layout, chunk_size, sig)
         c, n, m, last = _states(k, v, gb, gli, layout, chunk_size, init, sig)
         h = torch.empty_like(v)
         mrows = torch.empty_like(gb)
         qn = torch.empty_like(gb)
         scale = q.shape[-1] ** -0.5
-        _intra("h", layout, chunk_size, A=q, BM=k, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows, mstate=m,
-               qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
+        scores = _score_buffer(layout, q.shape[1], chunk_size, q)
+        _scores("h", layout, chunk_size, A=q, BM=k, out=scores, gb=gb, gli=gli, gmax=gmax, mrows=mrows, mstate=m,
+                stv=n, qn=qn, sigma_ab=scale, sigma_x=1.0, sigma_m=scale, sig=sig)
+        _intra("h", layout, chunk_size, A=q, P=scores, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows,
+               mstate=m, qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
+        del scores
         # the backward reuses the boundary states (c in the inputs' dtype) instead of recomputing them
         ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, c0, n0, m0, *last)
         ctx.config = (variant, chunk_size, normalize, eps, layout)
@@ -432,14 +530,23 @@ class _MLSTMChunkwise(torch.autograd.Function):
                      out_end=dc_first, out_n=dn, init=final, a_mult=scale, reverse=True, sig=sig,
                      precision=_precision(q.dtype))
 
-        kw = dict(gb=gb, gli=gli, mrows=mrows, mstate=m, scale=scale, sig=sig)
+        gates = dict(gb=gb, gli=gli, mrows=mrows, mstate=m, sig=sig)
+        kw = dict(gates, scale=scale)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         # one partial row-dot per column tile of dq / dk; tiles the chosen config does not have stay zero
         qdq = torch.zeros(triton.cdiv(DK, 16), B, NH, S, device=q.device, dtype=torch.float32)
         kdk = torch.zeros_like(qdq)
-        _intra("dq", layout, chunk_size, A=dnum, BM=v, X=k, out=dq, stm=c, stv=n, aug=dqn, rows_dot=(qdq, q), **kw)
-        _intra("dk", layout, chunk_size, A=v, BM=dnum, X=q, out=dk, stm=dc, stv=dn, aug=dqn, rows_dot=(kdk, k), **kw)
-        _intra("dv", layout, chunk_size, A=k, BM=q, X=dnum, out=dv, stm=dc, stv=dn, **kw)
+        # the scores of (dnum, v) serve dq (rows t) and, transposed, dk (rows s); the forward's (recomputed) dv
+        d_scores = _score_buffer(layout, NH, chunk_size, q)
+        _scores("dp", layout, chunk_size, A=dnum, BM=v, out=d_scores, aug=dqn, sigma_ab=1.0, sigma_x=scale, **gates)
+        _intra("dq", layout, chunk_size, A=dnum, P=d_scores, X=k, out=dq, stm=c, stv=n, aug=dqn, rows_dot=(qdq, q),
+               **kw)
+        _intra("dk", layout, chunk_size, A=v, P=d_scores, X=q, out=dk, stm=dc, stv=dn, aug=dqn, rows_dot=(kdk, k),
+               **kw)
+        scores = d_scores  # reused: dq and dk are done with it
+        _scores("p", layout, chunk_size, A=q, BM=k, out=scores, sigma_ab=scale, sigma_x=1.0, **gates)
+        _intra("dv", layout, chunk_size, A=k, P=scores, X=dnum, out=dv, stm=dc, stv=dn, **kw)
+        del d_scores, scores
 
         last_grads = (dc_last, dn_last, c_last, n_last, dm_last) if has_last_grad else None
         d_li, d_lf, d_m0 = _gate_grads(qdq.sum(0), kdk.sum(0), fgate, gli, layout, m0, sig, last_grads)

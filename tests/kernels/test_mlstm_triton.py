@@ -82,16 +82,19 @@ def test_chunkwise_fp16_and_sig_unnormalised():
     check_against_reference(leaves, "sig", torch.float16, chunk_size=16, normalize=False)
 
 
-def test_chunkwise_extreme_gates_stay_finite():
-    """Pre-activations of +-30: the stabiliser keeps exp gates finite; forward still matches the reference."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_chunkwise_extreme_gates_stay_finite(dtype):
+    """Pre-activations of +-30: the stabiliser keeps exp gates finite; forward still matches the reference. In fp16
+    the normaliser q.n must still be summed from unrounded scores: its terms cancel (a sum of 16-bit scores was off
+    by several times h's norm on an H100)."""
     for variant in ("exp", "sig"):
         q, k, v, i, f = (t.detach() for t in make_inputs(1, 1, 70, 16, 16, variant, gate_scale=30.0, seed=5))
-        h, last = mlstm(q, k, v, igate=i, fgate=f, variant=variant, chunk_size=32, return_last_state=True,
-                        backend="triton")
+        h, last = mlstm(q.to(dtype), k.to(dtype), v.to(dtype), igate=i, fgate=f, variant=variant, chunk_size=32,
+                        return_last_state=True, backend="triton")
         hr, last_r = mlstm(q, k, v, igate=i, fgate=f, variant=variant, form="parallel", return_last_state=True,
                            backend="torch")
-        assert_close(h, hr, torch.float32, f"{variant} h", factor=10.0)
-        assert_close(last[0], last_r[0], torch.float32, f"{variant} C", factor=10.0)
+        assert_close(h, hr, dtype, f"{variant} h", factor=10.0)
+        assert_close(last[0], last_r[0], dtype, f"{variant} C", factor=10.0)
 
 
 @pytest.mark.parametrize("use", ["h", "state"])
@@ -158,11 +161,12 @@ def test_recurrent_form_varlen_and_forward_only(variant):
 def test_tile_pins_name_configs_of_their_kernel():
     """Every launch case pins an entry of its kernel's config list (a wrong pin would only fail on a GPU)."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
-    from kernels.mlstm.chunkwise_triton import INTRA_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
 
     assert set(INTRA_TILES.pinned) == {"h", "dq", "dk", "dv", "fp32"}
+    assert set(SCORES_TILES.pinned) == {"h", "p", "dp", "fp32"}
     assert set(LOCAL_TILES.pinned) == {"fwd", "rev", "fp32"}
-    for choice in (INTRA_TILES, LOCAL_TILES):
+    for choice in (SCORES_TILES, INTRA_TILES, LOCAL_TILES):
         assert all(0 <= index < len(choice.configs) for index in choice.pinned.values())
 
 
