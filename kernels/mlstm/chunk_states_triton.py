@@ -28,16 +28,47 @@ from kernels.mlstm.tiles_triton import TileChoice
 
 
 @triton.jit
+def _weighted_rows(a_ptr, gb_ptr, gli_ptr, mrows_ptr, xaug_ptr, offs_a, mask_a, l0, length, g, shift, a_mult,
+                   DA: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
+                   BL: tl.constexpr):
+    """Tokens l0 .. l0 + BL of one chunk as the local product's left operand: the BA x BL block of A^T with each
+    token's weight applied (in A's dtype), and its share of the vector term (fp32).
+
+    Weights: forward exp(g - b_s + li_s - shift) with shift the chunk's max (0 for sig); reverse exp(b_r + shift - m_r)
+    with shift the state's m (b_r alone for sig).
+    """
+    offs_l = l0 + tl.arange(0, BL)
+    mask_l = offs_l < length
+    b = tl.load(gb_ptr + offs_l, mask=mask_l, other=0.0)
+    if REVERSE:
+        if SIG:
+            w = tl.exp(b)
+        else:
+            w = tl.exp(b + shift - tl.load(mrows_ptr + offs_l, mask=mask_l, other=0.0))
+    else:
+        w = tl.exp(g - b + tl.load(gli_ptr + offs_l, mask=mask_l, other=0.0) - shift)
+    w = tl.where(mask_l, w * a_mult, 0.0)
+    a_t = tl.load(a_ptr + offs_l[None, :] * DA + offs_a[:, None], mask=mask_a[:, None] & mask_l[None, :],
+                  other=0.0).to(tl.float32)
+    if HAS_XAUG:
+        vec = tl.sum(a_t * (w * tl.load(xaug_ptr + offs_l, mask=mask_l, other=0.0))[None, :], axis=1)
+    else:
+        vec = tl.sum(a_t * w[None, :], axis=1)
+    return (a_t * w[None, :]).to(a_ptr.dtype.element_ty), vec
+
+
+@triton.jit
 def _local_kernel(
     A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, n_chunks, NH, S, a_mult,
     DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BL: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr,
 ):
     """BA rows of one chunk's local term (all DX columns, in blocks of BX; stored in OUT_C's dtype), its share of the
     vector term (fp32) and the chunk's scalars.
 
-    The chunk's A rows are read once, transposed straight from memory, and weighted by the per-row weights; that
-    (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged.
+    A chunk of at most BL tokens (BL == BLOCK_L) has its A rows read once, transposed straight from memory, and
+    weighted; that (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged.
+    Longer chunks would not fit on chip that way: each X column block then sums the chunk's BL-token segments.
     """
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -51,46 +82,76 @@ def _local_kernel(
     tok0 = (row.to(tl.int64) * NH + head) * S + start
     # the chunk's own base pointers keep every tile offset below in 32 bits
     a_ptr, x_ptr, gb_ptr, gli_ptr = A + tok0 * DA, X + tok0 * DX, GB + tok0, GLI + tok0
-    offs_l = tl.arange(0, BLOCK_L)
-    mask_l = offs_l < length
+    mrows_ptr, xaug_ptr = MROWS + tok0, XAUG + tok0
     g = tl.load(gb_ptr + length - 1)
-    b = tl.load(gb_ptr + offs_l, mask=mask_l, other=0.0)
     scalar = chunk.to(tl.int64) * NH + head
     tl.store(CHUNK_G + scalar, g, mask=pid == 0)
     if REVERSE:
         out = slot * NH + head
-        if SIG:
-            w = tl.exp(b)
-        else:
-            m_start = tl.load(MSTATE + out)
-            w = tl.exp(b + m_start - tl.load(MROWS + tok0 + offs_l, mask=mask_l, other=0.0))
+        shift = 0.0 if SIG else tl.load(MSTATE + out)
     else:
         out = (slot + 1) * NH + head
-        val = g - b + tl.load(gli_ptr + offs_l, mask=mask_l, other=0.0)
-        if SIG:
-            w = tl.exp(val)
-        else:
-            local = tl.max(tl.where(mask_l, val, float("-inf")), axis=0)
-            tl.store(CHUNK_L + scalar, local, mask=pid == 0)
-            w = tl.exp(val - local)
-    w = tl.where(mask_l, w * a_mult, 0.0)
-    a_t = tl.load(a_ptr + offs_l[None, :] * DA + offs_a[:, None], mask=mask_a[:, None] & mask_l[None, :],
-                  other=0.0).to(tl.float32)
-    if HAS_XAUG:
-        vec = tl.sum(a_t * (w * tl.load(XAUG + tok0 + offs_l, mask=mask_l, other=0.0))[None, :], axis=1)
-    else:
-        vec = tl.sum(a_t * w[None, :], axis=1)
-    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a)
-    aw = (a_t * w[None, :]).to(A.dtype.element_ty)
+        shift = 0.0
+        if not SIG:
+            offs_c = tl.arange(0, BLOCK_L)
+            mask_c = offs_c < length
+            val = g - tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0) + tl.load(gli_ptr + offs_c, mask=mask_c,
+                                                                                  other=0.0)
+            shift = tl.max(tl.where(mask_c, val, float("-inf")), axis=0)
+            tl.store(CHUNK_L + scalar, shift, mask=pid == 0)
     c_ptr = OUT_C + out * DA * DX
+    args = (a_ptr, gb_ptr, gli_ptr, mrows_ptr, xaug_ptr, offs_a, mask_a)
+    if BL == BLOCK_L:
+        aw, vec = _weighted_rows(*args, 0, length, g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG, BL)
+    else:
+        vec = tl.zeros((BA,), dtype=tl.float32)
+        for l0 in range(0, length, BL):
+            vec += _weighted_rows(*args, l0, length, g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG, BL)[1]
+    tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a)
     for x0 in range(0, DX, BX):
         offs_x = x0 + tl.arange(0, BX)
         mask_x = offs_x < DX
-        xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :], mask=mask_l[:, None] & mask_x[None, :],
-                     other=0.0)
-        acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
+        if BL == BLOCK_L:
+            offs_l = tl.arange(0, BL)
+            xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :],
+                         mask=(offs_l < length)[:, None] & mask_x[None, :], other=0.0)
+            acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
+        else:
+            acc = tl.zeros((BA, BX), dtype=tl.float32)
+            for l0 in range(0, length, BL):
+                aw_seg = _weighted_rows(*args, l0, length, g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG, BL)[0]
+                offs_l = l0 + tl.arange(0, BL)
+                xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :],
+                             mask=(offs_l < length)[:, None] & mask_x[None, :], other=0.0)
+                acc = tl.dot(aw_seg, xb, acc, input_precision=PRECISION)
         tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty),
                  mask=mask_a[:, None] & mask_x[None, :])
+
+
+@triton.jit
+def _scan_step_loads(STATE, MSTATE, CHUNK_G, CHUNK_L, it, n_seq_chunks, first_chunk, first_slot, NH, head, size, offs,
+                     mask, REVERSE: tl.constexpr, SIG: tl.constexpr):
+    """What step `it` of the scan reads (nothing past the last step): the chunk's log forget total g, the stabiliser
+    term (forward: the chunk's local max; reverse: m after minus m before; sig: unused), the pointers of the slot it
+    writes and the local term stored there."""
+    live = it < n_seq_chunks
+    if REVERSE:
+        j = n_seq_chunks - 1 - it
+        dst = first_slot + j
+    else:
+        j = it
+        dst = first_slot + j + 1
+    scalar = (first_chunk + j).to(tl.int64) * NH + head
+    g = tl.load(CHUNK_G + scalar, mask=live, other=0.0)
+    if SIG:
+        aux = 0.0
+    elif REVERSE:
+        aux = (tl.load(MSTATE + (dst + 1) * NH + head, mask=live, other=0.0)
+               - tl.load(MSTATE + dst * NH + head, mask=live, other=0.0))
+    else:
+        aux = tl.load(CHUNK_L + scalar, mask=live, other=0.0)
+    ptrs = STATE + (dst * NH + head) * size + offs
+    return g, aux, ptrs, tl.load(ptrs, mask=mask & live, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -128,32 +189,29 @@ def _scan_kernel(
         m = tl.full([], float("-inf"), tl.float32)
     if WRITE_M:
         tl.store(MSTATE + edge * NH + head, m, mask=pid == 0)
+    # each step's loads are issued one step ahead: the walk is bound by memory latency, not by its arithmetic
+    g, aux, ptrs, term = _scan_step_loads(STATE, MSTATE, CHUNK_G, CHUNK_L, 0, n_seq_chunks, first_chunk, first_slot,
+                                          NH, head, size, offs, mask, REVERSE, SIG)
     for it in range(n_seq_chunks):
-        if REVERSE:
-            j = n_seq_chunks - 1 - it
-            dst = first_slot + j
-        else:
-            j = it
-            dst = first_slot + j + 1
-        g = tl.load(CHUNK_G + (first_chunk + j).to(tl.int64) * NH + head)
+        g_next, aux_next, ptrs_next, term_next = _scan_step_loads(
+            STATE, MSTATE, CHUNK_G, CHUNK_L, it + 1, n_seq_chunks, first_chunk, first_slot, NH, head, size, offs, mask,
+            REVERSE, SIG)
         if SIG:
             carry = tl.exp(g)
             scale = 1.0
-        elif REVERSE:
-            m_before = tl.load(MSTATE + (first_slot + j) * NH + head)
-            carry = tl.exp(g + m_before - tl.load(MSTATE + (first_slot + j + 1) * NH + head))
+        elif REVERSE:  # aux: m after the step minus m before it
+            carry = tl.exp(g - aux)
             scale = 1.0
-        else:
-            local = tl.load(CHUNK_L + (first_chunk + j).to(tl.int64) * NH + head)
-            m_end = tl.maximum(g + m, local)
+        else:  # aux: the chunk's local stabiliser
+            m_end = tl.maximum(g + m, aux)
             carry = tl.exp(g + m - m_end)
-            scale = tl.exp(local - m_end)
+            scale = tl.exp(aux - m_end)
             m = m_end
         if WRITE_M:
-            tl.store(MSTATE + dst * NH + head, m, mask=pid == 0)
-        ptrs = STATE + (dst * NH + head) * size + offs
-        acc = carry * acc + scale * tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(MSTATE + (first_slot + it + 1) * NH + head, m, mask=pid == 0)
+        acc = carry * acc + scale * term
         tl.store(ptrs, acc.to(STATE.dtype.element_ty), mask=mask)
+        g, aux, ptrs, term = g_next, aux_next, ptrs_next, term_next
     if WRITE_END:
         tl.store(END + head_seq * size + offs, acc, mask=mask)
 
@@ -175,6 +233,11 @@ def _local_tiles() -> TileChoice:
 
 
 LOCAL_TILES = _local_tiles()
+# state elements per scan program: its walk is latency-bound, so more programs (more loads in flight) beat wider ones
+SCAN_BLOCK = 512
+# the longest chunk (of 2-byte inputs; fp32: half) whose weighted A block the local kernel keeps on chip; longer
+# chunks are summed in segments of this length
+LOCAL_SEGMENT = 256
 
 
 def state_buffers(layout: ChunkLayout, NH: int, DA: int, DX: int, dtype: torch.dtype, device) -> tuple:
@@ -208,10 +271,10 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
         A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
         out_c, out_n, chunk_g, chunk_l, layout.chunks, layout.n_chunks, NH, S, a_mult,
         DA=DA, DX=DX, REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None, PRECISION=precision,
-        BLOCK_L=pow2_block(chunk_size),
+        BLOCK_L=pow2_block(chunk_size), BL=pow2_block(chunk_size, high=LOCAL_SEGMENT * 2 // A.element_size()),
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
-    BLOCK = 1024
+    BLOCK = SCAN_BLOCK
     for state, end, init_x, size in ((out_c, out_end, init_c, DA * DX), (out_n, None, init_n, DA)):
         _scan_kernel[(triton.cdiv(size, BLOCK), layout.n_seqs, NH)](
             state, end if end is not None else dummy, init_x, init_m, mstate, chunk_g, chunk_l, layout.seqs,

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels.mlstm import chunk_states_triton
 from kernels.mlstm.chunk_layout import chunk_layout
 from kernels.mlstm.chunk_states_triton import chunk_states
 from tests.kernels.tolerances import assert_close
@@ -60,8 +61,11 @@ def _reference(a, x, xaug, b, li, mrows, mstate, init, layout, sig, reverse, a_m
 
 
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_chunk_states_match_sequential_recurrence(variant):
-    """Forward states (C, n, m) at every slot, then the reverse pass on the forward's stabilisers."""
+@pytest.mark.parametrize("segment", [256, 32], ids=["whole_chunk", "segments"])
+def test_chunk_states_match_sequential_recurrence(variant, segment, monkeypatch):
+    """Forward states (C, n, m) at every slot, then the reverse pass on the forward's stabilisers; the local kernel
+    either holds each chunk on chip or (segment < chunk) sums it in segments, as it does for chunks over 256."""
+    monkeypatch.setattr(chunk_states_triton, "LOCAL_SEGMENT", segment)
     sig = variant == "sig"
     g = torch.Generator().manual_seed(11)
     rand = lambda *shape: torch.randn(*shape, generator=g)
