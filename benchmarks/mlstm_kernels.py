@@ -146,9 +146,12 @@ def _bench_fla(name, B, S, NH, DK, DV, peak):
 
 def profile_case(cfg, chunk_size, variant="exp"):
     """Per-kernel device time of one forward + backward of ours (torch.profiler), printed as a table."""
-    q, k, v, i, f = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
-    run = lambda: mlstm(q, k, v, igate=i, fgate=f, variant=variant, chunk_size=chunk_size,
-                        backend="triton").backward(torch.ones_like(v))
+    leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
+    q, k, v, i, f = leaves
+    grad = torch.ones_like(v)
+    # autograd.grad, not backward: accumulating into .grad would add elementwise kernels the benchmark does not run
+    run = lambda: torch.autograd.grad(mlstm(q, k, v, igate=i, fgate=f, variant=variant, chunk_size=chunk_size,
+                                            backend="triton"), leaves, grad)
     run()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

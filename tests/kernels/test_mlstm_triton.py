@@ -198,7 +198,8 @@ def test_float64_is_refused():
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("B,NH,S,DK,DV,chunk_size", [(2, 4, 1000, 256, 512, 128), (3, 2, 777, 64, 128, 64)])
+@pytest.mark.parametrize("B,NH,S,DK,DV,chunk_size", [(2, 4, 1000, 256, 512, 128), (3, 2, 777, 64, 128, 64),
+                                                     (1, 2, 1500, 256, 512, 512)])
 def test_gpu_realistic_shapes(variant, dtype, B, NH, S, DK, DV, chunk_size):
     leaves = make_inputs(B, NH, S, DK, DV, variant, dtype=dtype, device="cuda", n_states=B)
     check_against_reference(leaves, variant, dtype, chunk_size=chunk_size)
