@@ -129,32 +129,6 @@ def _local_kernel(
 
 
 @triton.jit
-def _scan_step_loads(STATE, MSTATE, CHUNK_G, CHUNK_L, it, n_seq_chunks, first_chunk, first_slot, NH, head, size, offs,
-                     mask, REVERSE: tl.constexpr, SIG: tl.constexpr):
-    """What step `it` of the scan reads (nothing past the last step): the chunk's log forget total g, the stabiliser
-    term (forward: the chunk's local max; reverse: m after minus m before; sig: unused), the pointers of the slot it
-    writes and the local term stored there."""
-    live = it < n_seq_chunks
-    if REVERSE:
-        j = n_seq_chunks - 1 - it
-        dst = first_slot + j
-    else:
-        j = it
-        dst = first_slot + j + 1
-    scalar = (first_chunk + j).to(tl.int64) * NH + head
-    g = tl.load(CHUNK_G + scalar, mask=live, other=0.0)
-    if SIG:
-        aux = 0.0
-    elif REVERSE:
-        aux = (tl.load(MSTATE + (dst + 1) * NH + head, mask=live, other=0.0)
-               - tl.load(MSTATE + dst * NH + head, mask=live, other=0.0))
-    else:
-        aux = tl.load(CHUNK_L + scalar, mask=live, other=0.0)
-    ptrs = STATE + (dst * NH + head) * size + offs
-    return g, aux, ptrs, tl.load(ptrs, mask=mask & live, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _scan_kernel(
     STATE, END, INIT, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size,
     REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_M: tl.constexpr, WRITE_END: tl.constexpr,
@@ -189,29 +163,32 @@ def _scan_kernel(
         m = tl.full([], float("-inf"), tl.float32)
     if WRITE_M:
         tl.store(MSTATE + edge * NH + head, m, mask=pid == 0)
-    # each step's loads are issued one step ahead: the walk is bound by memory latency, not by its arithmetic
-    g, aux, ptrs, term = _scan_step_loads(STATE, MSTATE, CHUNK_G, CHUNK_L, 0, n_seq_chunks, first_chunk, first_slot,
-                                          NH, head, size, offs, mask, REVERSE, SIG)
     for it in range(n_seq_chunks):
-        g_next, aux_next, ptrs_next, term_next = _scan_step_loads(
-            STATE, MSTATE, CHUNK_G, CHUNK_L, it + 1, n_seq_chunks, first_chunk, first_slot, NH, head, size, offs, mask,
-            REVERSE, SIG)
+        if REVERSE:
+            j = n_seq_chunks - 1 - it
+            dst = first_slot + j
+        else:
+            j = it
+            dst = first_slot + j + 1
+        g = tl.load(CHUNK_G + (first_chunk + j).to(tl.int64) * NH + head)
         if SIG:
             carry = tl.exp(g)
             scale = 1.0
-        elif REVERSE:  # aux: m after the step minus m before it
-            carry = tl.exp(g - aux)
+        elif REVERSE:
+            m_before = tl.load(MSTATE + (first_slot + j) * NH + head)
+            carry = tl.exp(g + m_before - tl.load(MSTATE + (first_slot + j + 1) * NH + head))
             scale = 1.0
-        else:  # aux: the chunk's local stabiliser
-            m_end = tl.maximum(g + m, aux)
+        else:
+            local = tl.load(CHUNK_L + (first_chunk + j).to(tl.int64) * NH + head)
+            m_end = tl.maximum(g + m, local)
             carry = tl.exp(g + m - m_end)
-            scale = tl.exp(aux - m_end)
+            scale = tl.exp(local - m_end)
             m = m_end
         if WRITE_M:
-            tl.store(MSTATE + (first_slot + it + 1) * NH + head, m, mask=pid == 0)
-        acc = carry * acc + scale * term
+            tl.store(MSTATE + dst * NH + head, m, mask=pid == 0)
+        ptrs = STATE + (dst * NH + head) * size + offs
+        acc = carry * acc + scale * tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
         tl.store(ptrs, acc.to(STATE.dtype.element_ty), mask=mask)
-        g, aux, ptrs, term = g_next, aux_next, ptrs_next, term_next
     if WRITE_END:
         tl.store(END + head_seq * size + offs, acc, mask=mask)
 
@@ -233,8 +210,6 @@ def _local_tiles() -> TileChoice:
 
 
 LOCAL_TILES = _local_tiles()
-# state elements per scan program: its walk is latency-bound, so more programs (more loads in flight) beat wider ones
-SCAN_BLOCK = 512
 # the longest chunk (of 2-byte inputs; fp32: half) whose weighted A block the local kernel keeps on chip; longer
 # chunks are summed in segments of this length
 LOCAL_SEGMENT = 256
@@ -274,7 +249,7 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
         BLOCK_L=pow2_block(chunk_size), BL=pow2_block(chunk_size, high=LOCAL_SEGMENT * 2 // A.element_size()),
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
-    BLOCK = SCAN_BLOCK
+    BLOCK = 1024
     for state, end, init_x, size in ((out_c, out_end, init_c, DA * DX), (out_n, None, init_n, DA)):
         _scan_kernel[(triton.cdiv(size, BLOCK), layout.n_seqs, NH)](
             state, end if end is not None else dummy, init_x, init_m, mstate, chunk_g, chunk_l, layout.seqs,
