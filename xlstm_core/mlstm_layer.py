@@ -151,13 +151,13 @@ class mLSTMPreUpLayer(nn.Module):
         x_inner, z = self.proj_up(x).chunk(2, dim=-1)
         if isinstance(self.conv, CausalConv1d):
             x_conv, conv_state = self.conv(x_inner, None if state is None else state.conv)
+            x_conv = F.silu(x_conv)
         else:
             if state is not None or return_state:
                 raise ValueError("a grid2d (non-causal) mLSTM layer has no recurrent state to carry")
             if grid is None:
                 raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
-            x_conv, conv_state = self.conv(x_inner, grid), None
-        x_conv = F.silu(x_conv)
+            x_conv, conv_state = self.conv.conv_silu(x_inner, grid, self.cfg.backend), None
         q, k, v, igate, fgate = self._projections(x_conv, x_inner)
         h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), igate, fgate,
                                        None if state is None else state.cell, return_state)
