@@ -45,7 +45,8 @@ def check(B, grid, D, K, dtype, device="cpu", factor=1.0):
         assert_close(a, b, dtype, f"d{name}", factor)
 
 
-@pytest.mark.parametrize("B,grid,D,K", [(2, (5, 7), 40, 3), (1, (14, 14), 72, 3), (2, (3, 4), 16, 5), (1, (1, 9), 8, 3)])
+@pytest.mark.parametrize("B,grid,D,K",
+                         [(2, (5, 7), 40, 3), (1, (14, 14), 72, 3), (2, (3, 4), 16, 5), (1, (1, 9), 8, 3)])
 def test_matches_conv2d_silu(B, grid, D, K):
     check(B, grid, D, K, torch.float32)
 
