@@ -158,6 +158,24 @@ def test_recurrent_form_varlen_and_forward_only(variant):
         mlstm(q.requires_grad_(), k, v, igate=i, fgate=f, form="recurrent", backend="triton")
 
 
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_scores_and_intra_tiles_may_differ(variant, monkeypatch):
+    """The intra kernel may read the stored scores with other row tiles than the scores kernel wrote them (on the
+    H100: 32 vs 64 rows); it must read only entries s <= t, which every scores tile writes. The score buffer starts
+    as NaN here, so a read of an unwritten entry shows."""
+    import triton
+
+    from kernels.mlstm import chunkwise_triton as cw
+
+    conf = lambda warps, **tiles: triton.Config(tiles, num_warps=warps, num_stages=1)
+    monkeypatch.setattr(cw.SCORES_TILES, "small", conf(4, BR=16, BJ=16))
+    monkeypatch.setattr(cw.INTRA_TILES, "small", conf(4, BR=32, BJ=16, BX=32))
+    monkeypatch.setattr(cw, "_score_buffer", lambda layout, NH, L, like: torch.full(
+        (layout.n_chunks, NH, L, L), float("nan"), dtype=like.dtype, device=like.device))
+    leaves = make_inputs(2, 2, 100, 16, 32, variant, n_states=2, seed=4)
+    check_against_reference(leaves, variant, torch.float32, chunk_size=64)
+
+
 def test_tile_pins_name_configs_of_their_kernel():
     """Every launch case pins an entry of its kernel's config list (a wrong pin would only fail on a GPU)."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
