@@ -101,7 +101,8 @@ def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
             wall = time.perf_counter() - start
         events = prof.key_averages()
         kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-        print(f"== {name} {label} step{'' if compile_mode is None else f' (compiled, {compile_mode})'}, {img}px batch {batch}: GPU kernel time "
+        mode = "" if compile_mode is None else f" (compiled, {compile_mode})"
+        print(f"== {name} {label} step{mode}, {img}px batch {batch}: GPU kernel time "
               f"{sum(e.self_device_time_total for e in kernels) / 1e3:.1f} ms in {sum(e.count for e in kernels)} "
               f"kernels; step wall time {wall * 1e3:.1f} ms (under the profiler)")
         print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
@@ -195,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile-modes", nargs="+", default=["default"],
                         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                         help="torch.compile modes for --compile (reduce-overhead adds CUDA graphs)")
-    parser.add_argument("--profile", action="store_true", help="print the top GPU kernels of ViL-T steps and exit "
-                                                                 "(compiled in the first --compile-modes with --compile)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top GPU kernels of ViL-T steps and exit (compiled in the first "
+                             "--compile-modes mode with --compile)")
     parser.add_argument("--chain", action="store_true", help="also time ViL-T's norm-gate chain (GPU, one block)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")

@@ -55,7 +55,8 @@ def _logsigmoid(x):
 
 
 @triton.jit
-def _max(a, b):
+def _max_combine(a, b):
+    """Combine function of a running max (tl.associative_scan)."""
     return tl.maximum(a, b)
 
 
@@ -78,7 +79,7 @@ def _gate_kernel(IG, FG, GB, GLI, GMAX, CHUNKS, n_chunks, NH, S, SIG: tl.constex
     if SIG:
         i = _logsigmoid(i)
     else:
-        run = tl.associative_scan(tl.where(mask, i - b, float("-inf")), 0, _max)
+        run = tl.associative_scan(tl.where(mask, i - b, float("-inf")), 0, _max_combine)
         tl.store(GMAX + base + offs, run, mask=mask)
     tl.store(GLI + base + offs, i, mask=mask)
 

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
-from kernels.mlstm.chunkwise_triton import _logsigmoid
+from kernels.mlstm.chunkwise_triton import _logsigmoid, _max_combine
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
@@ -55,11 +55,6 @@ def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int, b
     if small:
         bd = bx = width
     return br, bj, min(bd, width), min(bx, width), warps, stages, small
-
-
-@triton.jit
-def _max_combine(a, b):
-    return tl.maximum(a, b)
 
 
 @triton.jit
