@@ -24,3 +24,13 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         raise ValueError(f"all inputs must be on one device, got {devices}")
+
+
+def check_mlstm_state(state, batch: int, heads: int, dqk: int, dv: int) -> None:
+    """An mLSTM recurrent state (C, n, m) of shapes (B, NH, DHQK, DHV), (B, NH, DHQK), (B, NH)."""
+    if not (isinstance(state, (tuple, list)) and len(state) == 3):
+        raise ValueError("initial_state must be a tuple (C, n, m)")
+    c, n, m = state
+    check_shape("initial_state C", c, (batch, heads, dqk, dv), "(B, NH, DHQK, DHV)")
+    check_shape("initial_state n", n, (batch, heads, dqk), "(B, NH, DHQK)")
+    check_shape("initial_state m", m, (batch, heads), "(B, NH)")

@@ -16,8 +16,7 @@ import torch
 from kernels.decode import reference
 from kernels.dispatch import resolve_backend
 from kernels.mlstm import VARIANTS, MLSTMState
-from kernels.mlstm import _check_state as check_mlstm_state
-from kernels.validation import check_same_device, check_shape, check_tensor
+from kernels.validation import check_mlstm_state, check_same_device, check_shape, check_tensor
 
 ACTIVATIONS = tuple(reference.ACTIVATIONS)
 MAX_BATCH = 16  # beyond this the weights are re-read per row block: a cuBLAS GEMM does better

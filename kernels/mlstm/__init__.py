@@ -8,20 +8,11 @@ import torch
 
 from kernels.dispatch import resolve_backend
 from kernels.mlstm import reference
-from kernels.validation import check_same_device, check_shape, check_tensor
+from kernels.validation import check_mlstm_state, check_same_device, check_shape, check_tensor
 
 VARIANTS = ("exp", "sig")
 FORMS = ("chunkwise", "parallel", "recurrent")
 MLSTMState = reference.MLSTMState
-
-
-def _check_state(state, batch: int, heads: int, dqk: int, dv: int) -> None:
-    if not (isinstance(state, (tuple, list)) and len(state) == 3):
-        raise ValueError("initial_state must be a tuple (C, n, m)")
-    c, n, m = state
-    check_shape("initial_state C", c, (batch, heads, dqk, dv), "(B, NH, DHQK, DHV)")
-    check_shape("initial_state n", n, (batch, heads, dqk), "(B, NH, DHQK)")
-    check_shape("initial_state m", m, (batch, heads), "(B, NH)")
 
 
 def _check_inputs(q, k, v, igate, fgate, variant):
@@ -102,7 +93,7 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torch.Ten
     B, NH, S, DQK = q.shape
     n_seq = B if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, B, S)
     if initial_state is not None:
-        _check_state(initial_state, n_seq, NH, DQK, v.shape[-1])
+        check_mlstm_state(initial_state, n_seq, NH, DQK, v.shape[-1])
     chosen = resolve_backend(backend, q.device, q.dtype)
     kw = dict(variant=variant, normalize=normalize, eps=eps, chunk_size=chunk_size)
     if chosen == "triton" and form == "parallel":
@@ -153,7 +144,7 @@ def mlstm_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torc
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if state is not None:
-        _check_state(state, B, NH, DQK, v.shape[-1])
+        check_mlstm_state(state, B, NH, DQK, v.shape[-1])
     if resolve_backend(backend, q.device, q.dtype) == "triton":
         from kernels.mlstm.step_triton import mlstm_step_triton
 

@@ -6,8 +6,8 @@ Forward (over k, v): with g_c the chunk's total log forget gate and b_s the chun
 Backward (over q * scale, dnum and d qn), walking the chunks in reverse, with m from the forward pass:
   local_c = sum_r exp(b_r + m_c - m_r) q_r [dnum_r, dqn_r]^T,   dC_c = exp(g_c + m_c - m_{c+1}) dC_{c+1} + local_c.
 All chunks' local terms are independent matrix products (`_local_kernel`, one program per block of state rows and
-chunk, so the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order, which
-makes it bound by memory bandwidth rather than by the latency of dependent matrix products.
+chunk, so the whole GPU works on them at once); only the elementwise scan (`_scan_kernel`) walks the chunks in order,
+which makes it bound by memory bandwidth rather than by the latency of dependent matrix products.
 
 States live in the slots of kernels/mlstm/chunk_layout.py, in the inputs' dtype (what the intra kernel reads; bf16
 inputs: half the bytes of fp32). The local kernel writes each chunk's term, rounded to that dtype, into the slot of
