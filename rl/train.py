@@ -6,7 +6,6 @@ checkpoint + resume from ``out_dir/last.pt``, tqdm progress, and a metrics CSV (
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
+
+from xlstm_core.optim import warmup_cosine, weight_decay_groups
 
 from .data.loader import MultiTaskSampler, TaskData, TaskInfo
 from .model import ActionModel, ActionModelConfig
@@ -50,12 +51,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
 
 def save_checkpoint(path: Path, model: ActionModel, tasks: list[TaskInfo], extra: dict | None = None) -> None:
     """Everything needed to rebuild the model and evaluate it: weights, model config, task infos."""
@@ -90,11 +85,8 @@ def train(model_cfg: ActionModelConfig, cfg: TrainConfig, tasks: list[TaskData],
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     model = ActionModel(model_cfg).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    opt = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay, skip=("embed",)), lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup, 0.1))
     sampler = MultiTaskSampler(tasks, cfg.context, model_cfg.max_obs_dim, model_cfg.max_action_dims,
                                model_cfg.num_bins, seed=cfg.seed + 1000 * rank)
     infos = [t.info for t in tasks]

@@ -133,6 +133,20 @@ def _tile(row_ptrs, offs, mask):
 
 
 @triton.jit
+def _program_tile(flags_ptr, B, DH: tl.constexpr, H: tl.constexpr, BB: tl.constexpr, BE: tl.constexpr,
+                  SPLIT: tl.constexpr):
+    """This program's head, first gate-output column (split programs), arrival counter, batch rows (int64) and
+    their mask, the head's first column, and the rows' offsets in a (B, H) state slot."""
+    head = tl.program_id(0) // SPLIT
+    e_lo = (tl.program_id(0) % SPLIT) * BE
+    flag = flags_ptr + head * tl.num_programs(1) + tl.program_id(1)
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    row_ok = rows < B
+    rows = rows.to(tl.int64)
+    return head, e_lo, flag, rows, row_ok, head * DH, rows[:, None] * H
+
+
+@triton.jit
 def _arrive(flag_ptr):
     """Tell the other programs of this head that this program's writes of the step are done (release)."""
     tl.debug_barrier()  # every thread's stores are issued before the single-thread release below
@@ -161,15 +175,8 @@ def _forward_kernel(x_ptr, w_ptr, bias_ptr, state_ptr, hseq_ptr, gates_ptr, flag
     otherwise NS = 2 (ping-pong). hseq: (B, T + 1, H) in the operand dtype, [:, 0] = initial h; h_t goes to
     [:, t + 1] and is read back as the next step's matmul operand (16-bit tiles that the pipeliner can prefetch).
     flags: one int32 arrival counter per (head, batch tile), zero at launch (SPLIT > 1)."""
-    head = tl.program_id(0) // SPLIT
-    e_lo = (tl.program_id(0) % SPLIT) * BE
+    head, e_lo, flag, rows, row_ok, col0, s_rows = _program_tile(flags_ptr, B, DH, H, BB, BE, SPLIT)
     E_SPAN: tl.constexpr = BE if SPLIT > 1 else DH
-    flag = flags_ptr + head * tl.num_programs(1) + tl.program_id(1)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    row_ok = rows < B
-    rows = rows.to(tl.int64)
-    col0 = head * DH
-    s_rows = rows[:, None] * H
     x_rows = x_ptr + rows[:, None] * (T * 4 * H)
     h_rows = hseq_ptr + rows[:, None] * ((T + 1) * H) + col0
     g_rows = gates_ptr + rows[:, None] * (T * 4 * H)
@@ -249,15 +256,8 @@ def _backward_kernel(gates_ptr, state_ptr, wt_ptr, dy_ptr, dgates_ptr, dx_ptr, d
     streams. dh (B, H) enters as d h_last and leaves as d h_0; carry (2, 3, B, H) ping-pongs (dc, dn, dm), slot 0
     entering as the final states' gradients. BE tiles the elementwise phase; the recurrent product writes BN columns
     of dh (the program's slice, or the head rounded up to a power of two), reducing over gate outputs in BK tiles."""
-    head = tl.program_id(0) // SPLIT
-    e_lo = (tl.program_id(0) % SPLIT) * BE
+    head, e_lo, flag, rows, row_ok, col0, s_rows = _program_tile(flags_ptr, B, DH, H, BB, BE, SPLIT)
     E_SPAN: tl.constexpr = BE if SPLIT > 1 else DH
-    flag = flags_ptr + head * tl.num_programs(1) + tl.program_id(1)
-    rows = tl.program_id(1) * BB + tl.arange(0, BB)
-    row_ok = rows < B
-    rows = rows.to(tl.int64)
-    col0 = head * DH
-    s_rows = rows[:, None] * H
     g_rows = gates_ptr + rows[:, None] * (T * 4 * H)
     dg_rows = dgates_ptr + rows[:, None] * (T * 4 * H)
     dx_rows = dx_ptr + rows[:, None] * (T * 4 * H)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from xlstm_core.optim import warmup_cosine, weight_decay_groups
 from xlstm_core.tasks.batch import IGNORE, TaskBatch
 
 
@@ -42,11 +43,7 @@ class TrainConfig:
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up over the first `warmup` fraction of steps, then cosine decay from lr to min_lr."""
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * warmup_cosine(step, cfg.steps, max(1, int(cfg.warmup * cfg.steps)), cfg.min_lr / cfg.lr)
 
 
 def scored_logits(model: nn.Module, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,10 +94,7 @@ def evaluate(model: nn.Module, data: TaskBatch, batch_size: int = 256, device: s
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (dim >= 2) only, not on norms, biases or gate biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def train(model: nn.Module, next_batch: Callable[[int], TaskBatch], cfg: TrainConfig,
