@@ -382,6 +382,8 @@ def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, 
 
 
 def _score_buffer(layout: ChunkLayout, NH: int, chunk_size: int, like: torch.Tensor) -> torch.Tensor:
+    """An L x L score block per chunk and head, uninitialised: the scores kernel writes every entry s <= t, which is
+    all the intra kernel reads."""
     return torch.empty(layout.n_chunks, NH, chunk_size, chunk_size, device=like.device, dtype=like.dtype)
 
 
@@ -537,7 +539,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
         # one partial row-dot per column tile of dq / dk; tiles the chosen config does not have stay zero
         qdq = torch.zeros(triton.cdiv(DK, 16), B, NH, S, device=q.device, dtype=torch.float32)
         kdk = torch.zeros_like(qdq)
-        # the scores of (dnum, v) serve dq (rows t) and, transposed, dk (rows s); the forward's (recomputed) dv
+        # the scores of (dnum, v) serve dq (rows t) and, transposed, dk (rows s); the forward's scores, recomputed
+        # into the same buffer, serve dv
         d_scores = _score_buffer(layout, NH, chunk_size, q)
         _scores("dp", layout, chunk_size, A=dnum, BM=v, out=d_scores, aug=dqn, sigma_ab=1.0, sigma_x=scale, **gates)
         _intra("dq", layout, chunk_size, A=dnum, P=d_scores, X=k, out=dq, stm=c, stv=n, aug=dqn, rows_dot=(qdq, q),
