@@ -51,7 +51,6 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-
 def save_checkpoint(path: Path, model: ActionModel, tasks: list[TaskInfo], extra: dict | None = None) -> None:
     """Everything needed to rebuild the model and evaluate it: weights, model config, task infos."""
     payload = {"model": model.state_dict(), "model_cfg": model.cfg.to_dict(),
