@@ -5,6 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.dispatch import resolve_backend
+
+# Under torch.compile PyTorch's conv is an external cuDNN call behind a channels-last copy, which inductor cannot
+# fuse either, so the fused op replaces three passes there too.
+COMPILED_USES_TRITON = True
+
 
 class CausalConv1d(nn.Module):
     """Depthwise causal conv over (B, T, D). The state is the last kernel_size - 1 inputs, so a sequence processed
@@ -38,9 +44,29 @@ class GridConv2d(nn.Module):
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        B, T, D = x.shape
-        H, W = grid
-        if H * W != T:
-            raise ValueError(f"grid {grid} holds {H * W} tokens but the sequence has {T}")
-        y = self.conv(x.transpose(1, 2).reshape(B, D, H, W))
+        B, T, D = _check_grid(x, grid)
+        y = self.conv(x.transpose(1, 2).reshape(B, D, *grid))
         return y.flatten(2).transpose(1, 2)
+
+    def conv_silu(self, x: torch.Tensor, grid: tuple[int, int], backend: str = "auto") -> torch.Tensor:
+        """silu(self(x, grid)), in one fused Triton pass (forward and backward) where `backend` resolves to Triton
+        (see COMPILED_USES_TRITON for traced calls); fp16/bf16/fp32 activations."""
+        _check_grid(x, grid)
+        fused = resolve_backend(backend, x.device, x.dtype) == "triton"
+        if fused and x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"the fused grid conv takes fp16/bf16/fp32 inputs, got {x.dtype}")
+        if fused and (COMPILED_USES_TRITON or not torch.compiler.is_compiling()):
+            from xlstm_core.grid_conv_triton import grid_conv_silu_triton
+
+            return grid_conv_silu_triton(x, self.conv.weight, self.conv.bias, grid)
+        return F.silu(self(x, grid))
+
+
+def _check_grid(x: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int, int]:
+    if x.dim() != 3:
+        raise ValueError(f"expected tokens (B, T, D), got shape {tuple(x.shape)}")
+    B, T, D = x.shape
+    H, W = grid
+    if H * W != T:
+        raise ValueError(f"grid {grid} holds {H * W} tokens but the sequence has {T}")
+    return B, T, D

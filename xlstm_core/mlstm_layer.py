@@ -120,12 +120,36 @@ class mLSTMPreUpLayer(nn.Module):
         With dense_qkv the gate weights are folded into the block-diagonal q/k/v weights (the gates' share of q is
         x_conv (Wq Gq) + bq Gq), so two GEMMs give everything: x_conv -> (q, k, gates of q and k) and
         x_inner -> (v, gates of v). Neither the (B, T, 3 * inner) gate input nor GEMMs with NH outputs are formed.
-        The folded weights take ~13 small kernels forward and about as many backward: eager ViL is launch-bound.
+        The folded weights take ~13 small kernels forward and about as many backward (eager ViL is launch-bound);
+        inference reuses them (`_folded_weights`).
         """
         if not self.cfg.dense_qkv:
             q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_inner)
             gate_in = torch.cat([q, k, v], dim=-1)
             return q, k, v, self.igate(gate_in), self.fgate(gate_in)
+        inner, NH = self.cfg.inner_dim, self.cfg.num_heads
+        w_conv, b_conv, w_inner, b_inner = self._folded_weights()
+        q, k, gates_qk = F.linear(x_conv, w_conv.t(), b_conv).split([inner, inner, 2 * NH], dim=-1)
+        v, gates_v = F.linear(x_inner, w_inner.t(), b_inner).split([inner, 2 * NH], dim=-1)
+        igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
+        return q, k, v, igate, fgate
+
+    def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`_fold_weights()`; without autograd (inference) kept until a parameter changes (an in-place update bumps
+        its version, a move or a load gives it new storage), so inference steps skip the small weight kernels.
+        The cache holds the dense folded weights: ~1.2 MB per ViL-T layer, ~28 MB per ViL-B layer (fp32). Traced
+        calls recompute: inductor folds them into its graph."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._fold_weights()
+        sources = [m.weight for m in (self.q, self.k, self.v, self.igate, self.fgate)]
+        sources += [m.bias for m in (self.q, self.k, self.v, self.igate, self.fgate) if m.bias is not None]
+        key = tuple((p.data_ptr(), p._version) for p in sources)
+        if getattr(self, "_folded_key", None) != key:
+            self._folded, self._folded_key = self._fold_weights(), key
+        return self._folded
+
+    def _fold_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(w_conv, b_conv, w_inner, b_inner) of `_projections`' two GEMMs."""
         inner, NH = self.cfg.inner_dim, self.cfg.num_heads
         w_qk, w_v = self._dense_qkv_weight().split([2 * inner, inner], dim=1)
         gate_w = torch.cat([self.igate.weight, self.fgate.weight]).t()  # (3 inner, 2 NH): rows read q, k, v
@@ -140,10 +164,7 @@ class mLSTMPreUpLayer(nn.Module):
             b_qk, b_v = b_qkv.split([2 * inner, inner])
             b_conv = torch.cat([b_qk, torch.addmv(b_gates, gate_w.t(), b_qkv)])
             b_inner = F.pad(b_v, (0, 2 * NH))
-        q, k, gates_qk = F.linear(x_conv, w_conv.t(), b_conv).split([inner, inner, 2 * NH], dim=-1)
-        v, gates_v = F.linear(x_inner, w_inner.t(), b_inner).split([inner, 2 * NH], dim=-1)
-        igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
-        return q, k, v, igate, fgate
+        return w_conv, b_conv, w_inner, b_inner
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None):
@@ -151,13 +172,13 @@ class mLSTMPreUpLayer(nn.Module):
         x_inner, z = self.proj_up(x).chunk(2, dim=-1)
         if isinstance(self.conv, CausalConv1d):
             x_conv, conv_state = self.conv(x_inner, None if state is None else state.conv)
+            x_conv = F.silu(x_conv)
         else:
             if state is not None or return_state:
                 raise ValueError("a grid2d (non-causal) mLSTM layer has no recurrent state to carry")
             if grid is None:
                 raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
-            x_conv, conv_state = self.conv(x_inner, grid), None
-        x_conv = F.silu(x_conv)
+            x_conv, conv_state = self.conv.conv_silu(x_inner, grid, self.cfg.backend), None
         q, k, v, igate, fgate = self._projections(x_conv, x_inner)
         h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), igate, fgate,
                                        None if state is None else state.cell, return_state)

@@ -89,6 +89,39 @@ def test_dense_qkv_path_matches_block_diagonal_einsum():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_inference_reuses_folded_weights_until_a_parameter_changes(monkeypatch):
+    """Without autograd the folded q/k/v + gate weights are computed once per layer and reused; an optimizer step
+    (in-place), a state-dict load and a dtype move each give fresh ones, and outputs always match the unfolded
+    layer's."""
+    from xlstm_core.mlstm_layer import mLSTMPreUpLayer
+
+    calls = []
+    original = mLSTMPreUpLayer._fold_weights
+    monkeypatch.setattr(mLSTMPreUpLayer, "_fold_weights", lambda self: calls.append(1) or original(self))
+    model, blocks = small_vil(depth=2), small_vil(depth=2, dense_qkv=False)
+    x = torch.randn(2, 3, 16, 16)
+
+    def agrees() -> bool:
+        blocks.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            return torch.allclose(model(x), blocks(x), atol=1e-5, rtol=1e-5)
+
+    with torch.inference_mode():
+        model(x)
+        model(x)
+    assert len(calls) == 2  # two layers, folded once each
+    assert agrees() and len(calls) == 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).square().sum().backward()  # with autograd: folded afresh, not cached
+    optimizer.step()
+    assert len(calls) == 4 and agrees() and len(calls) == 6
+    model.load_state_dict({k: v + 0.1 for k, v in model.state_dict().items()})
+    assert agrees() and len(calls) == 8
+    model.double()
+    with torch.no_grad():
+        assert model(x.double()).dtype == torch.float64 and len(calls) == 10
+
+
 def test_block_diagonal_matches_torch_block_diag():
     """One block-diagonal matrix from (n, d, e) blocks, and k of them side by side from (n, d, k, e)."""
     from xlstm_core.linear import block_diagonal

@@ -1,0 +1,91 @@
+"""Fused depthwise grid conv + SiLU (xlstm_core/grid_conv_triton.py) against PyTorch's conv2d + SiLU.
+
+On CPU the kernels run under TRITON_INTERPRET=1 in fp32/fp16 against the reference in fp64: the output and the
+gradients of x, weight and bias. x is a chunk of a wider tensor (the up-projection's layout in the layer); grids are
+not square, token and channel counts not multiples of the tiles. The `gpu` tests run bf16 at ViL-T's shape and
+under torch.compile.
+"""
+import pytest
+import torch
+
+from tests.kernels.tolerances import assert_close
+from xlstm_core.conv import GridConv2d
+
+NAMES = ("x", "weight", "bias")
+
+
+def make(B, grid, D, K, *, dtype=torch.float32, device="cpu", seed=0):
+    """A GridConv2d with random weights and bias, and an up-projection-like (B, T, 2 D) leaf whose second half is
+    the conv's input."""
+    torch.manual_seed(seed)
+    conv = GridConv2d(D, K)
+    with torch.no_grad():
+        conv.conv.bias.normal_()
+    up = torch.randn(B, grid[0] * grid[1], 2 * D).to(dtype).to(device).requires_grad_()
+    return conv.to(device), up
+
+
+def run(conv, up, grid, backend):
+    y = conv.conv_silu(up.chunk(2, dim=-1)[1], grid, backend=backend)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device)
+    leaves = (up, conv.conv.weight, conv.conv.bias)
+    return y, torch.autograd.grad((y.to(dy.dtype) * dy).sum(), leaves)
+
+
+def check(B, grid, D, K, dtype, device="cpu", factor=1.0):
+    conv, up = make(B, grid, D, K, dtype=dtype, device=device)
+    y, grads = run(conv, up, grid, "triton")
+    ref = GridConv2d(D, K).double().to(device)
+    ref.load_state_dict(conv.state_dict())
+    up_ref = up.detach().double().requires_grad_()
+    y_ref, grads_ref = run(ref, up_ref, grid, "torch")
+    assert y.dtype == dtype and y.shape == (B, grid[0] * grid[1], D)
+    assert_close(y, y_ref, dtype, "y", factor)
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert_close(a, b, dtype, f"d{name}", factor)
+
+
+@pytest.mark.parametrize("B,grid,D,K",
+                         [(2, (5, 7), 40, 3), (1, (14, 14), 72, 3), (2, (3, 4), 16, 5), (1, (1, 9), 8, 3)])
+def test_matches_conv2d_silu(B, grid, D, K):
+    check(B, grid, D, K, torch.float32)
+
+
+def test_fp16():
+    check(2, (6, 5), 24, 3, torch.float16)
+
+
+def test_border_taps_see_zeros_not_neighbours():
+    """A single nonzero input on the grid's right edge reaches only its own 3x3 neighbourhood, not the next row's
+    first column (a flattened-index shift would wrap there)."""
+    conv, _ = make(1, (4, 4), 8, 3)
+    with torch.no_grad():
+        conv.conv.weight.fill_(1.0)
+        conv.conv.bias.zero_()
+    x = torch.zeros(1, 16, 8)
+    x[0, 7] = 1.0  # row 1, column 3
+    y = conv.conv_silu(x, (4, 4), backend="triton")
+    touched = {t for t in range(16) if y[0, t].abs().sum() > 0}
+    assert touched == {2, 3, 6, 7, 10, 11}
+
+
+def test_bad_grid_is_refused():
+    conv, up = make(1, (3, 3), 8, 3)
+    with pytest.raises(ValueError, match="grid"):
+        conv.conv_silu(up.chunk(2, dim=-1)[1], (2, 5), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_vil_tiny_shape(dtype):
+    check(8, (14, 14), 384, 3, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_matches_eager():
+    conv, up = make(4, (14, 14), 384, 3, dtype=torch.bfloat16, device="cuda")
+    fn = lambda u: conv.conv_silu(u.chunk(2, dim=-1)[1], (14, 14), backend="triton").float().square().mean()
+    eager = torch.autograd.grad(fn(up), [up, conv.conv.weight])
+    compiled = torch.autograd.grad(torch.compile(fn)(up), [up, conv.conv.weight])
+    for a, b in zip(compiled, eager):
+        assert torch.equal(a, b)
