@@ -8,7 +8,7 @@ from torch import nn
 from kernels.dispatch import resolve_backend
 
 # Under torch.compile PyTorch's conv is an external cuDNN call behind a channels-last copy, which inductor cannot
-# fuse either, so the fused op replaces three passes there too.
+# fuse either, so in compiled inference the fused op replaces three passes too.
 COMPILED_USES_TRITON = True
 
 
@@ -49,16 +49,18 @@ class GridConv2d(nn.Module):
         return y.flatten(2).transpose(1, 2)
 
     def conv_silu(self, x: torch.Tensor, grid: tuple[int, int], backend: str = "auto") -> torch.Tensor:
-        """silu(self(x, grid)), in one fused Triton pass (forward and backward) where `backend` resolves to Triton
-        (see COMPILED_USES_TRITON for traced calls); fp16/bf16/fp32 activations."""
+        """silu(self(x, grid)). Without a gradient to compute (inference) and where `backend` resolves to Triton, in
+        one fused Triton pass (see COMPILED_USES_TRITON for traced calls); fp16/bf16/fp32 activations."""
         _check_grid(x, grid)
-        fused = resolve_backend(backend, x.device, x.dtype) == "triton"
+        params = (self.conv.weight, self.conv.bias)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
+        fused = not needs_grad and resolve_backend(backend, x.device, x.dtype) == "triton"
         if fused and x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"the fused grid conv takes fp16/bf16/fp32 inputs, got {x.dtype}")
         if fused and (COMPILED_USES_TRITON or not torch.compiler.is_compiling()):
             from xlstm_core.grid_conv_triton import grid_conv_silu_triton
 
-            return grid_conv_silu_triton(x, self.conv.weight, self.conv.bias, grid)
+            return grid_conv_silu_triton(x, *params, grid)
         return F.silu(self(x, grid))
 
 

@@ -1,9 +1,9 @@
-"""Fused depthwise grid conv + SiLU (xlstm_core/grid_conv_triton.py) against PyTorch's conv2d + SiLU.
+"""Fused depthwise grid conv + SiLU (xlstm_core/grid_conv_triton.py, inference) against PyTorch's conv2d + SiLU.
 
-On CPU the kernels run under TRITON_INTERPRET=1 in fp32/fp16 against the reference in fp64: the output and the
-gradients of x, weight and bias. x is a chunk of a wider tensor (the up-projection's layout in the layer); grids are
-not square, token and channel counts not multiples of the tiles. The `gpu` tests run bf16 at ViL-T's shape and
-under torch.compile.
+On CPU the kernel runs under TRITON_INTERPRET=1 in fp32/fp16 against the reference in fp64. x is a chunk of a wider
+tensor (the up-projection's layout in the layer); grids are not square, token and channel counts not multiples of
+the tiles. With a gradient to compute, `conv_silu` runs PyTorch's conv. The `gpu` tests run bf16 at ViL-T's shape
+and under torch.compile.
 """
 import pytest
 import torch
@@ -15,34 +15,30 @@ NAMES = ("x", "weight", "bias")
 
 
 def make(B, grid, D, K, *, dtype=torch.float32, device="cpu", seed=0):
-    """A GridConv2d with random weights and bias, and an up-projection-like (B, T, 2 D) leaf whose second half is
+    """A GridConv2d with random weights and bias, and an up-projection-like (B, T, 2 D) tensor whose second half is
     the conv's input."""
     torch.manual_seed(seed)
     conv = GridConv2d(D, K)
     with torch.no_grad():
         conv.conv.bias.normal_()
-    up = torch.randn(B, grid[0] * grid[1], 2 * D).to(dtype).to(device).requires_grad_()
+    up = torch.randn(B, grid[0] * grid[1], 2 * D).to(dtype).to(device)
     return conv.to(device), up
 
 
-def run(conv, up, grid, backend):
-    y = conv.conv_silu(up.chunk(2, dim=-1)[1], grid, backend=backend)
-    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.device)
-    leaves = (up, conv.conv.weight, conv.conv.bias)
-    return y, torch.autograd.grad((y.to(dy.dtype) * dy).sum(), leaves)
+def reference(conv, up, grid):
+    """silu(conv2d) in fp64 with conv's parameters."""
+    ref = GridConv2d(conv.conv.in_channels, conv.conv.kernel_size[0]).double().to(up.device)
+    ref.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        return ref.conv_silu(up.double().chunk(2, dim=-1)[1], grid, backend="torch")
 
 
 def check(B, grid, D, K, dtype, device="cpu", factor=1.0):
     conv, up = make(B, grid, D, K, dtype=dtype, device=device)
-    y, grads = run(conv, up, grid, "triton")
-    ref = GridConv2d(D, K).double().to(device)
-    ref.load_state_dict(conv.state_dict())
-    up_ref = up.detach().double().requires_grad_()
-    y_ref, grads_ref = run(ref, up_ref, grid, "torch")
-    assert y.dtype == dtype and y.shape == (B, grid[0] * grid[1], D)
-    assert_close(y, y_ref, dtype, "y", factor)
-    for name, a, b in zip(NAMES, grads, grads_ref):
-        assert_close(a, b, dtype, f"d{name}", factor)
+    with torch.no_grad():
+        y = conv.conv_silu(up.chunk(2, dim=-1)[1], grid, backend="triton")
+    assert y.dtype == dtype and y.shape == (B, grid[0] * grid[1], D) and y.is_contiguous()
+    assert_close(y, reference(conv, up, grid), dtype, "y", factor)
 
 
 @pytest.mark.parametrize("B,grid,D,K",
@@ -69,6 +65,25 @@ def test_border_taps_see_zeros_not_neighbours():
     assert touched == {2, 3, 6, 7, 10, 11}
 
 
+def test_training_runs_pytorch_conv_with_its_gradients(monkeypatch):
+    """With a gradient to compute the fused kernel is not used (its backward was slower than cuDNN's)."""
+    from xlstm_core import grid_conv_triton
+
+    monkeypatch.setattr(grid_conv_triton, "grid_conv_silu_triton", lambda *a: pytest.fail("fused op in training"))
+    conv, up = make(2, (5, 7), 40, 3)
+    up.requires_grad_()
+    y = conv.conv_silu(up.chunk(2, dim=-1)[1], (5, 7), backend="triton")
+    leaves = (up, conv.conv.weight, conv.conv.bias)
+    grads = torch.autograd.grad(y.square().sum(), leaves)
+    ref = GridConv2d(40, 3).double()
+    ref.load_state_dict(conv.state_dict())
+    up_ref = up.detach().double().requires_grad_()
+    y_ref = ref.conv_silu(up_ref.chunk(2, dim=-1)[1], (5, 7), backend="torch")
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), (up_ref, ref.conv.weight, ref.conv.bias))
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert_close(a, b, torch.float32, f"d{name}")
+
+
 def test_bad_grid_is_refused():
     conv, up = make(1, (3, 3), 8, 3)
     with pytest.raises(ValueError, match="grid"):
@@ -84,8 +99,6 @@ def test_gpu_vil_tiny_shape(dtype):
 @pytest.mark.gpu
 def test_gpu_torch_compile_matches_eager():
     conv, up = make(4, (14, 14), 384, 3, dtype=torch.bfloat16, device="cuda")
-    fn = lambda u: conv.conv_silu(u.chunk(2, dim=-1)[1], (14, 14), backend="triton").float().square().mean()
-    eager = torch.autograd.grad(fn(up), [up, conv.conv.weight])
-    compiled = torch.autograd.grad(torch.compile(fn)(up), [up, conv.conv.weight])
-    for a, b in zip(compiled, eager):
-        assert torch.equal(a, b)
+    fn = lambda u: conv.conv_silu(u.chunk(2, dim=-1)[1], (14, 14), backend="triton")
+    with torch.inference_mode():
+        assert torch.equal(torch.compile(fn)(up), fn(up))
