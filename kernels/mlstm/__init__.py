@@ -83,7 +83,9 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, igate: torch.Ten
     cu_seqlens packs several into one row). Returns h (B, NH, S, DHV) in the input dtype, and the last state in fp32
     when return_last_state. `normalize` affects the sig variant only (exp always normalises). On Triton the parallel
     form is a fused kernel for S <= 256 without states or cu_seqlens (kernels/mlstm/parallel_triton.py); other
-    parallel-form calls run the chunkwise kernel, which computes the same function.
+    parallel-form calls run the chunkwise kernel, which computes the same function. `chunk_size` (tokens per chunk
+    of the chunkwise form) takes any positive value; on an H100 at head dims 256 / 512 the Triton kernels are fastest
+    at 256 (benchmarks/notes/mlstm_kernels.md), and 512 runs at about 0.6x that speed.
     """
     _check_inputs(q, k, v, igate, fgate, variant)
     if form not in FORMS:
