@@ -2,7 +2,8 @@
 
 - default: build the digits ImageFolder, train the sized-down ViL and DeiT (same recipe, equal parameters) for each
   seed and print both accuracies (`mode=compare`);
-- `model=<timm name>`: print its parameters and FLOPs at `data.input_size` (`mode=model`);
+- `model=<timm name> [img_size=192]`: print its parameters and FLOPs at its own resolution (224 for the *_224
+  models) or at img_size (`mode=model`);
 - `mode=train model=<timm name> data.root=<folder>`: train one model; `torchrun --nproc_per_node=N -m
   experiments.vision ...` runs it with DDP (`train.compile=true` runs the model under torch.compile);
 - `mode=throughput model=<timm name>`: training images/s on synthetic batches (no data loading), per process and in
@@ -48,7 +49,7 @@ def run(cfg: DictConfig) -> None:
     if mode == "model":
         if not cfg.model:
             raise ValueError("mode=model needs model=<timm name>, e.g. model=vil_tiny_patch16_224")
-        info = describe(cfg.model, img_size=cfg.data.input_size, num_classes=cfg.num_classes)
+        info = describe(cfg.model, img_size=cfg.img_size, num_classes=cfg.num_classes)
         print(f"{info['model']} @ {info['img_size']}px: {info['params']:,} parameters, {info['gflops']:.3f} GFLOPs "
               f"({info['gflops'] / 2:.3f} GMACs) per image")
         return

@@ -3,9 +3,10 @@ import math
 import os
 
 import pytest
+import timm
 import torch
 
-from vision.complexity import count_flops, count_params
+from vision.complexity import count_flops, count_params, default_img_size, describe
 from vision.data import DataConfig
 from vision.metrics import read_csv
 from vision.train import TrainConfig, lr_at, train
@@ -66,3 +67,29 @@ def test_param_and_flop_counts():
     assert count_params(layer) == 3 * 4 * 4 + 4 + 256 * 10 + 10
     # conv: 4 out channels x 8x8 positions x 12 MACs; linear: 2560 MACs; 2 FLOPs per MAC
     assert count_flops(layer, 16) == 2 * (4 * 64 * 12 + 2560)
+
+
+def test_counts_default_to_the_models_own_resolution():
+    assert default_img_size("vil_tiny_patch16_224") == default_img_size("deit_tiny_patch16_224") == 224
+    small = dict(depth=2, embed_dim=64)
+    assert describe("vil_tiny_patch16_224", **small)["img_size"] == 224
+    assert describe("vil_tiny_patch16_224", img_size=32, **small)["img_size"] == 32
+    with pytest.raises(ValueError, match="default input size"):
+        default_img_size("no_such_model_xyz")
+
+
+def test_flop_count_includes_attention():
+    """A self-attention layer's two S x S products are counted (the fused CPU SDPA kernel has no counter formula)."""
+    attn = timm.layers.Attention(dim=32, num_heads=4)  # qkv and proj linears + attention over S tokens
+
+    class Tokens(torch.nn.Module):  # count_flops feeds images: make (1, S = 16, 32) tokens of a 4x4 image
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x.flatten(2).transpose(1, 2).repeat(1, 1, 32 // x.shape[1]))
+
+    S, D = 16, 32
+    linear = 2 * S * (D * 3 * D + D * D)
+    assert count_flops(Tokens(), 4, in_chans=2) == linear + 2 * 2 * S * S * D
