@@ -19,15 +19,6 @@ BT, BD = 32, 64  # tokens x channels per program
 
 
 @triton.jit
-def _coords(T, W, D, BT: tl.constexpr, BD: tl.constexpr):
-    """This program's image, tokens t (with their grid row and column), channels d, and the masks."""
-    b = tl.program_id(0)
-    t = tl.program_id(1) * BT + tl.arange(0, BT)
-    d = tl.program_id(2) * BD + tl.arange(0, BD)
-    return b, t, t // W, t % W, d, t < T, d < D
-
-
-@triton.jit
 def _shifted(ptr, b, row, col, d, mask_t, mask_d, di, dj, H, W, s_b, s_t):
     """Tile of a (B, T, D) tensor at the grid positions (row + di, col + dj), zero outside the grid, in fp32."""
     r, c = row + di, col + dj
@@ -37,29 +28,21 @@ def _shifted(ptr, b, row, col, d, mask_t, mask_d, di, dj, H, W, s_b, s_t):
 
 
 @triton.jit
-def _pre_activation(X, WT, BIAS, b, row, col, d, mask_t, mask_d, H, W, sx_b, sx_t, K: tl.constexpr,
-                    BT: tl.constexpr, BD: tl.constexpr):
-    """u = bias + sum over the k x k taps of weight[d, i, j] * x[row + i - k // 2, col + j - k // 2]."""
-    acc = tl.zeros((BT, BD), dtype=tl.float32)
+def _conv_silu_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """y = silu(u), u = bias + sum over the k x k taps of weight[d, i, j] * x[row + i - k // 2, col + j - k // 2] for
+    BT tokens (grid row and column from the token index) and BD channels of one image."""
+    b = tl.program_id(0)
+    t = tl.program_id(1) * BT + tl.arange(0, BT)
+    d = tl.program_id(2) * BD + tl.arange(0, BD)
+    row, col, mask_t, mask_d = t // W, t % W, t < T, d < D
+    u = tl.zeros((BT, BD), dtype=tl.float32)
     for i in tl.static_range(K):
         for j in tl.static_range(K):
             w = tl.load(WT + d * (K * K) + i * K + j, mask=mask_d, other=0.0).to(tl.float32)
-            acc += _shifted(X, b, row, col, d, mask_t, mask_d, i - K // 2, j - K // 2, H, W, sx_b, sx_t) * w[None, :]
-    return acc + tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-
-
-@triton.jit
-def _fwd_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    b, t, row, col, d, mask_t, mask_d = _coords(T, W, D, BT, BD)
-    u = _pre_activation(X, WT, BIAS, b, row, col, d, mask_t, mask_d, H, W, sx_b, sx_t, K, BT, BD)
-    y = u * tl.sigmoid(u)
-    tl.store(Y + b * T * D + t[:, None] * D + d[None, :], y.to(Y.dtype.element_ty),
+            u += _shifted(X, b, row, col, d, mask_t, mask_d, i - K // 2, j - K // 2, H, W, sx_b, sx_t) * w[None, :]
+    u += tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + b * T * D + t[:, None] * D + d[None, :], (u * tl.sigmoid(u)).to(Y.dtype.element_ty),
              mask=mask_t[:, None] & mask_d[None, :])
-
-
-def _grid(x: torch.Tensor) -> tuple[int, int, int]:
-    B, T, D = x.shape
-    return B, triton.cdiv(T, BT), triton.cdiv(D, BD)
 
 
 @torch.library.custom_op("xlstm_kit::grid_conv_silu", mutates_args=())
@@ -67,8 +50,9 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: 
     """y (B, T, D) contiguous, in x's dtype. Not exported: `grid_conv_silu_triton` is the entry point."""
     B, T, D = x.shape
     y = x.new_empty(B, T, D)
-    _fwd_kernel[_grid(x)](x, weight, bias, y, T, height, width, D, x.stride(0), x.stride(1),
-                          K=weight.shape[-1], BT=BT, BD=BD, num_warps=4)
+    _conv_silu_kernel[(B, triton.cdiv(T, BT), triton.cdiv(D, BD))](
+        x, weight, bias, y, T, height, width, D, x.stride(0), x.stride(1), K=weight.shape[-1], BT=BT, BD=BD,
+        num_warps=4)
     return y
 
 
