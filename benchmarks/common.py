@@ -32,6 +32,14 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def gpu_kernel_time(prof) -> tuple[float, int]:
+    """(ms, launches) of the GPU kernels a torch.profiler run recorded, by their own time."""
+    from torch.autograd import DeviceType
+
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    return sum(e.self_device_time_total for e in kernels) / 1e3, sum(e.count for e in kernels)
+
+
 def row(impl: str, case: str, metric: str, value, unit: str, **fields) -> dict:
     return {"impl": impl, "case": case, "metric": metric, "value": value, "unit": unit, **fields}
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import print_table, row, write_results
+from benchmarks.common import gpu_kernel_time, print_table, row, write_results
 from vision.throughput import synthetic_steps
 from xlstm_core.conv import GridConv2d
 from xlstm_core.mlstm_layer import mLSTMPreUpLayer
@@ -27,7 +27,7 @@ UNFUSED = (lambda self, x, grid, backend="auto": F.silu(self(x, grid)), mLSTMPre
 
 
 def _measure(step: Callable[[], None], batch: int, repeats: int = 10) -> dict[str, float]:
-    from torch.profiler import DeviceType, ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile
 
     for _ in range(3):
         step()
@@ -40,9 +40,8 @@ def _measure(step: Callable[[], None], batch: int, repeats: int = 10) -> dict[st
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
-    return {"img_per_s": rate, "gpu_kernel_ms": sum(e.self_device_time_total for e in kernels) / 1e3,
-            "kernel_launches": sum(e.count for e in kernels)}
+    ms, launches = gpu_kernel_time(prof)
+    return {"img_per_s": rate, "gpu_kernel_ms": ms, "kernel_launches": launches}
 
 
 def run(compile: bool, img: int = 224, batch: int = 256) -> list[dict]:

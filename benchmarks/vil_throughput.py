@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm
 
+from benchmarks.common import gpu_kernel_time
+
 # importing vision also registers the ViL models with timm
 from vision.throughput import synthetic_steps
 from xlstm_core import norm_gate
@@ -84,7 +86,6 @@ def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
             compile_mode: str | None = None) -> None:
     """Print the `rows` GPU kernels that take the most time in one inference and one training step (after warm-up);
     with `compile_mode`, of the model under torch.compile in that mode."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -99,13 +100,11 @@ def profile(name: str, kwargs: dict[str, Any], img: int, batch: int, device: tor
             step()
             _sync(device)
             wall = time.perf_counter() - start
-        events = prof.key_averages()
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        ms, launches = gpu_kernel_time(prof)
         mode = "" if compile_mode is None else f" (compiled, {compile_mode})"
-        print(f"== {name} {label} step{mode}, {img}px batch {batch}: GPU kernel time "
-              f"{sum(e.self_device_time_total for e in kernels) / 1e3:.1f} ms in {sum(e.count for e in kernels)} "
+        print(f"== {name} {label} step{mode}, {img}px batch {batch}: GPU kernel time {ms:.1f} ms in {launches} "
               f"kernels; step wall time {wall * 1e3:.1f} ms (under the profiler)")
-        print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
 
 
 @torch.no_grad()
