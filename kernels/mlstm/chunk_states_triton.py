@@ -28,6 +28,17 @@ from kernels.mlstm.tiles_triton import TileChoice
 
 
 @triton.jit
+def chunk_base(CHUNKS, chunk, n_chunks, NH, S, head):
+    """Length of the chunk, its first token's offset (int64) and its start-state slot, from the chunk table of
+    kernels/mlstm/chunk_layout.py."""
+    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
+    row = tl.load(CHUNKS + chunk)
+    start = tl.load(CHUNKS + n_chunks + chunk)
+    slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
+    return length, (row.to(tl.int64) * NH + head) * S + start, slot
+
+
+@triton.jit
 def _weighted_rows(a_ptr, gb_ptr, gli_ptr, mrows_ptr, xaug_ptr, offs_a, mask_a, l0, length, g, shift, a_mult,
                    DA: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
                    BL: tl.constexpr):
@@ -75,11 +86,7 @@ def _local_kernel(
     head = tl.program_id(2)
     offs_a = pid * BA + tl.arange(0, BA)
     mask_a = offs_a < DA
-    row = tl.load(CHUNKS + chunk)
-    start = tl.load(CHUNKS + n_chunks + chunk)
-    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
-    slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
-    tok0 = (row.to(tl.int64) * NH + head) * S + start
+    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
     # the chunk's own base pointers keep every tile offset below in 32 bits
     a_ptr, x_ptr, gb_ptr, gli_ptr = A + tok0 * DA, X + tok0 * DX, GB + tok0, GLI + tok0
     mrows_ptr, xaug_ptr = MROWS + tok0, XAUG + tok0

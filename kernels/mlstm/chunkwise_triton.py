@@ -40,7 +40,7 @@ import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
-from kernels.mlstm.chunk_states_triton import chunk_states, state_buffers
+from kernels.mlstm.chunk_states_triton import chunk_base, chunk_states, state_buffers
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice
@@ -66,10 +66,7 @@ def _gate_kernel(IG, FG, GB, GLI, GMAX, CHUNKS, n_chunks, NH, S, SIG: tl.constex
     in-chunk part of the row stabiliser m_t = b_t + max(m_state, that max)."""
     chunk = tl.program_id(0)
     head = tl.program_id(1)
-    row = tl.load(CHUNKS + chunk)
-    start = tl.load(CHUNKS + n_chunks + chunk)
-    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
-    base = (row.to(tl.int64) * NH + head) * S + start
+    length, base, _ = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
     offs = tl.arange(0, BLOCK)
     mask = offs < length
     f = tl.load(FG + base + offs, mask=mask, other=0.0).to(tl.float32)
@@ -92,16 +89,6 @@ def _load_rows(ptr, offs_r, mask_r, d0, offs_d, D):
 
 
 @triton.jit
-def _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head):
-    """Length of the chunk, its first token's offset (int64) and its start-state slot."""
-    length = tl.load(CHUNKS + 2 * n_chunks + chunk)
-    row = tl.load(CHUNKS + chunk)
-    start = tl.load(CHUNKS + n_chunks + chunk)
-    slot = tl.load(CHUNKS + 3 * n_chunks + chunk).to(tl.int64)
-    return length, (row.to(tl.int64) * NH + head) * S + start, slot
-
-
-@triton.jit
 def _scores_kernel(
     A, BM, P, AUG, STV, GB, GLI, GMAX, MROWS, QN, MSTATE, CHUNKS,
     n_chunks, NH, S, sigma_ab, sigma_x, sigma_m,
@@ -118,7 +105,7 @@ def _scores_kernel(
     r0 = tl.program_id(0) * BR
     chunk = tl.program_id(1)
     head = tl.program_id(2)
-    length, tok0, slot = _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
     if r0 >= length:
         return
     a_ptr, bm_ptr = A + tok0 * DA, BM + tok0 * DA
@@ -204,7 +191,7 @@ def _intra_kernel(
     n_xt = tl.cdiv(DX, BX)
     xt = pid % n_xt
     r0 = (pid // n_xt) * BR
-    length, tok0, slot = _chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
     if r0 >= length:
         return
     # the chunk's own base pointers keep every tile offset below in 32 bits
