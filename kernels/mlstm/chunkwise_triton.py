@@ -12,9 +12,11 @@ Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). For
 Backward reuses the forward's gates and boundary states (kept in the inputs' dtype: for bf16, (S / L + 1) * NH *
 DHQK * DHV * 2 bytes per sequence between forward and backward, e.g. 0.54 GB at S = 65,536, NH = 8, DHQK = 256,
 DHV = 512, L = 256), walks the chunks in reverse for the state gradients (same two kernels), forms the scores of
-(dnum, v) once for dq and, transposed, dk, recomputes P for dv, and gets dq, dk, dv from the intra kernel in three
-more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv). The score buffer (n_chunks * NH *
-L * L elements, 0.27 GB at the shape above) lives only during each pass.
+(dnum, v) once for dq and, transposed, dk, reuses the forward's P for dv, and gets dq, dk, dv from the intra kernel in
+three more modes (rows t / columns s for dq; rows s / columns t >= s for dk and dv). The forward's scores (n_chunks *
+NH * L * L elements, 0.27 GB at the shape above) are kept for the backward instead of recomputed (one scores launch,
+~0.47 ms at that shape on an H100, for 0.27 GB more between the passes); the backward's own score buffer lives
+during the backward only.
 
 Every product the kernels form has one shape:
   out[r] = sum_j P(r, j) * X_j + rho_r * sigma_m * (A_r @ M + a_r * U),
@@ -322,12 +324,12 @@ def _conf(warps: int, stages: int, **tiles: int) -> triton.Config:
 
 def _scores_tiles() -> TileChoice:
     """The scores kernel's tiles (BR rows, BJ columns per step), pinned per case from an H100 sweep at DHQK=256,
-    DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json): 'h' the forward, 'p' the backward's recomputed
-    scores, 'dp' the output-gradient scores (DHV wide); fp32 inputs take a small config (32 x 32)."""
+    DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json): 'h' the forward, 'dp' the output-gradient scores
+    (DHV wide); fp32 inputs take a small config (32 x 32)."""
     configs = [_conf(4, 3, BR=64, BJ=64), _conf(8, 2, BR=64, BJ=64), _conf(8, 2, BR=128, BJ=64),
                _conf(4, 3, BR=64, BJ=32), _conf(4, 2, BR=32, BJ=64), _conf(4, 2, BR=32, BJ=32),
                _conf(2, 2, BR=32, BJ=32)]
-    return TileChoice(_scores_kernel, configs, pinned={"h": 4, "p": 4, "dp": 4, "fp32": 5},
+    return TileChoice(_scores_kernel, configs, pinned={"h": 4, "dp": 4, "fp32": 5},
                       small=_conf(4, 1, BR=32, BJ=32), key=["DA", "FWD", "AUG_ROWS", "SIG"])
 
 
@@ -349,7 +351,7 @@ INTRA_TILES = _intra_tiles()
 def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, gli, mrows, mstate, sigma_ab: float,
             sigma_x: float, sig: bool, stv=None, qn=None, gmax=None, aug=None, sigma_m: float = 1.0):
     """Launch the scores kernel: each chunk's weighted scores into out (n_chunks, NH, L, L). Case 'h' (the forward)
-    also writes the row stabilisers (mrows, from gmax of `_gates`) and the normaliser sums (qn); 'p' and 'dp' read
+    also writes the row stabilisers (mrows, from gmax of `_gates`) and the normaliser sums (qn); 'dp' reads
     mrows."""
     _, NH, S, DA = A.shape
     half = A.element_size() == 2
@@ -486,9 +488,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
                 stv=n, qn=qn, sigma_ab=scale, sigma_x=1.0, sigma_m=scale, sig=sig)
         _intra("h", layout, chunk_size, A=q, P=scores, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows,
                mstate=m, qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
-        del scores
-        # the backward reuses the boundary states (c in the inputs' dtype) instead of recomputing them
-        ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, c0, n0, m0, *last)
+        # the backward reuses the boundary states (c in the inputs' dtype) and the scores instead of recomputing them
+        ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, scores, c0, n0, m0, *last)
         ctx.config = (variant, chunk_size, normalize, eps, layout)
         ctx.mark_non_differentiable(last[2])
         ctx.set_materialize_grads(False)  # unused last states give None, which skips their gradient terms
@@ -496,7 +497,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dc_last, dn_last, dm_last):
-        q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, c0, n0, m0, c_last, n_last, _ = ctx.saved_tensors
+        q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, scores, c0, n0, m0, c_last, n_last, _ = ctx.saved_tensors
         variant, chunk_size, normalize, eps, layout = ctx.config
         sig = variant == "sig"
         B, NH, S, DK = q.shape
@@ -526,18 +527,15 @@ class _MLSTMChunkwise(torch.autograd.Function):
         # one partial row-dot per column tile of dq / dk; tiles the chosen config does not have stay zero
         qdq = torch.zeros(triton.cdiv(DK, 16), B, NH, S, device=q.device, dtype=torch.float32)
         kdk = torch.zeros_like(qdq)
-        # the scores of (dnum, v) serve dq (rows t) and, transposed, dk (rows s); the forward's scores, recomputed
-        # into the same buffer, serve dv
+        # the scores of (dnum, v) serve dq (rows t) and, transposed, dk (rows s); the forward's scores serve dv
         d_scores = _score_buffer(layout, NH, chunk_size, q)
         _scores("dp", layout, chunk_size, A=dnum, BM=v, out=d_scores, aug=dqn, sigma_ab=1.0, sigma_x=scale, **gates)
         _intra("dq", layout, chunk_size, A=dnum, P=d_scores, X=k, out=dq, stm=c, stv=n, aug=dqn, rows_dot=(qdq, q),
                **kw)
         _intra("dk", layout, chunk_size, A=v, P=d_scores, X=q, out=dk, stm=dc, stv=dn, aug=dqn, rows_dot=(kdk, k),
                **kw)
-        scores = d_scores  # reused: dq and dk are done with it
-        _scores("p", layout, chunk_size, A=q, BM=k, out=scores, sigma_ab=scale, sigma_x=1.0, **gates)
+        del d_scores
         _intra("dv", layout, chunk_size, A=k, P=scores, X=dnum, out=dv, stm=dc, stv=dn, **kw)
-        del d_scores, scores
 
         last_grads = (dc_last, dn_last, c_last, n_last, dm_last) if has_last_grad else None
         d_li, d_lf, d_m0 = _gate_grads(qdq.sum(0), kdk.sum(0), fgate, gli, layout, m0, sig, last_grads)

@@ -44,7 +44,7 @@ def cases() -> dict[str, tuple]:
                               PRECISION="tf32", BLOCK_L=chunk, BL=min(chunk, states.LOCAL_SEGMENT * 2 // element))
             config = states.LOCAL_TILES.configs[states.LOCAL_TILES.pinned[case]]
             out[f"local-{case}-L{chunk}"] = (states._local_kernel, types, constexprs, config)
-    for case in ("h", "p", "dp", "fp32"):
+    for case in ("h", "dp", "fp32"):
         dtype = "fp32" if case == "fp32" else "bf16"
         types = _types(dtype, "A BM P")
         constexprs = dict(L=512, DA=HEAD_DIM, FWD=case == "h", AUG_ROWS=case == "dp", SIG=False,

@@ -182,7 +182,7 @@ def test_tile_pins_name_configs_of_their_kernel():
     from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
 
     assert set(INTRA_TILES.pinned) == {"h", "dq", "dk", "dv", "fp32"}
-    assert set(SCORES_TILES.pinned) == {"h", "p", "dp", "fp32"}
+    assert set(SCORES_TILES.pinned) == {"h", "dp", "fp32"}
     assert set(LOCAL_TILES.pinned) == {"fwd", "rev", "fp32"}
     for choice in (SCORES_TILES, INTRA_TILES, LOCAL_TILES):
         assert all(0 <= index < len(choice.configs) for index in choice.pinned.values())
