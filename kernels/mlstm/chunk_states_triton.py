@@ -136,21 +136,16 @@ def _local_kernel(
 
 
 @triton.jit
-def _scan_kernel(
-    STATE, END, INIT, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size,
-    REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_M: tl.constexpr, WRITE_END: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+def _scan_block(STATE, END, INIT, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size, block, seq, head,
+                REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_M: tl.constexpr,
+                WRITE_END: tl.constexpr, BLOCK: tl.constexpr):
     """One block of the flattened matrix (or vector) state of one sequence and head, carried across its chunks.
 
     STATE holds each chunk's local term on entry; the carried state (fp32 in registers) replaces it at every slot,
     in STATE's dtype. With WRITE_END the fp32 state where the walk ends also goes to END (n_seqs, NH, size). With
-    WRITE_M (forward) the first program of each sequence and head also writes the stabiliser m of every slot.
+    WRITE_M (forward) block 0 also writes the stabiliser m of every slot.
     """
-    pid = tl.program_id(0)
-    seq = tl.program_id(1)
-    head = tl.program_id(2)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < size
     first_chunk = tl.load(SEQS + seq)
     n_seq_chunks = tl.load(SEQS + n_seqs + seq)
@@ -169,7 +164,7 @@ def _scan_kernel(
     else:
         m = tl.full([], float("-inf"), tl.float32)
     if WRITE_M:
-        tl.store(MSTATE + edge * NH + head, m, mask=pid == 0)
+        tl.store(MSTATE + edge * NH + head, m, mask=block == 0)
     for it in range(n_seq_chunks):
         if REVERSE:
             j = n_seq_chunks - 1 - it
@@ -192,12 +187,31 @@ def _scan_kernel(
             scale = tl.exp(local - m_end)
             m = m_end
         if WRITE_M:
-            tl.store(MSTATE + dst * NH + head, m, mask=pid == 0)
+            tl.store(MSTATE + dst * NH + head, m, mask=block == 0)
         ptrs = STATE + (dst * NH + head) * size + offs
         acc = carry * acc + scale * tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
         tl.store(ptrs, acc.to(STATE.dtype.element_ty), mask=mask)
     if WRITE_END:
         tl.store(END + head_seq * size + offs, acc, mask=mask)
+
+
+@triton.jit
+def _scan_kernel(
+    STATE_C, END, INIT_C, STATE_N, INIT_N, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size_c, size_n,
+    c_blocks, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The matrix states (the first c_blocks programs along axis 0, each one block; the fp32 end state to END) and
+    the vector states (the programs after them; the forward's first one also writes m) in one launch, so that the
+    short vector scan, which is bound by the latency of its chunk steps, runs beside the matrix scan."""
+    pid = tl.program_id(0)
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    if pid < c_blocks:
+        _scan_block(STATE_C, END, INIT_C, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size_c, pid, seq, head,
+                    REVERSE, SIG, HAS_INIT, False, True, BLOCK)
+    else:
+        _scan_block(STATE_N, END, INIT_N, INIT_M, MSTATE, CHUNK_G, CHUNK_L, SEQS, n_seqs, NH, size_n, pid - c_blocks,
+                    seq, head, REVERSE, SIG, HAS_INIT, not REVERSE, False, BLOCK)
 
 
 def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
@@ -211,8 +225,8 @@ def _local_tiles() -> TileChoice:
     DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json); fp32 inputs take a narrow config."""
     conf = lambda ba, bx, warps, stages: triton.Config({"BA": ba, "BX": bx}, num_warps=warps, num_stages=stages)
     configs = [conf(64, 128, 4, 2), conf(64, 64, 4, 3), conf(64, 128, 8, 2), conf(128, 64, 8, 2), conf(64, 32, 4, 2),
-               conf(64, 64, 8, 2)]
-    return TileChoice(_local_kernel, configs, pinned={"fwd": 1, "rev": 5, "fp32": 4}, small=conf(16, 32, 4, 1),
+               conf(64, 64, 8, 2), conf(64, 64, 4, 2), conf(64, 32, 4, 3)]
+    return TileChoice(_local_kernel, configs, pinned={"fwd": 7, "rev": 7, "fp32": 4}, small=conf(16, 32, 4, 1),
                       key=["DA", "DX", "REVERSE", "SIG", "HAS_XAUG"])
 
 
@@ -257,9 +271,8 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
     BLOCK = 1024
-    for state, end, init_x, size in ((out_c, out_end, init_c, DA * DX), (out_n, None, init_n, DA)):
-        _scan_kernel[(triton.cdiv(size, BLOCK), layout.n_seqs, NH)](
-            state, end if end is not None else dummy, init_x, init_m, mstate, chunk_g, chunk_l, layout.seqs,
-            layout.n_seqs, NH, size, REVERSE=reverse, SIG=sig, HAS_INIT=init is not None,
-            WRITE_M=not reverse and state is out_n, WRITE_END=end is not None, BLOCK=BLOCK, num_warps=4,
-        )
+    c_blocks = triton.cdiv(DA * DX, BLOCK)
+    _scan_kernel[(c_blocks + triton.cdiv(DA, BLOCK), layout.n_seqs, NH)](
+        out_c, out_end, init_c, out_n, init_n, init_m, mstate, chunk_g, chunk_l, layout.seqs, layout.n_seqs, NH,
+        DA * DX, DA, c_blocks, REVERSE=reverse, SIG=sig, HAS_INIT=init is not None, BLOCK=BLOCK, num_warps=4,
+    )
