@@ -225,8 +225,8 @@ def _local_tiles() -> TileChoice:
     DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json); fp32 inputs take a narrow config."""
     conf = lambda ba, bx, warps, stages: triton.Config({"BA": ba, "BX": bx}, num_warps=warps, num_stages=stages)
     configs = [conf(64, 128, 4, 2), conf(64, 64, 4, 3), conf(64, 128, 8, 2), conf(128, 64, 8, 2), conf(64, 32, 4, 2),
-               conf(64, 64, 8, 2), conf(64, 64, 4, 2), conf(64, 32, 4, 3)]
-    return TileChoice(_local_kernel, configs, pinned={"fwd": 7, "rev": 7, "fp32": 4}, small=conf(16, 32, 4, 1),
+               conf(64, 64, 8, 2), conf(64, 64, 4, 2), conf(64, 32, 4, 3), conf(64, 32, 4, 4)]
+    return TileChoice(_local_kernel, configs, pinned={"fwd": 8, "rev": 8, "fp32": 4}, small=conf(16, 32, 4, 1),
                       key=["DA", "DX", "REVERSE", "SIG", "HAS_XAUG"])
 
 
