@@ -39,25 +39,66 @@ def chunk_base(CHUNKS, chunk, n_chunks, NH, S, head):
 
 
 @triton.jit
-def _weighted_rows(a_ptr, gb_ptr, gli_ptr, mrows_ptr, xaug_ptr, offs_a, mask_a, l0, length, g, shift, a_mult,
-                   DA: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
-                   BL: tl.constexpr):
-    """Tokens l0 .. l0 + BL of one chunk as the local product's left operand: the BA x BL block of A^T with each
-    token's weight applied (in A's dtype), and its share of the vector term (fp32).
+def logsigmoid(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
 
-    Weights: forward exp(g - b_s + li_s - shift) with shift the chunk's max (0 for sig); reverse exp(b_r + shift - m_r)
-    with shift the state's m (b_r alone for sig).
-    """
-    offs_l = l0 + tl.arange(0, BL)
-    mask_l = offs_l < length
+
+@triton.jit
+def max_combine(a, b):
+    """Combine function of a running max (tl.associative_scan)."""
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def chunk_gates(ig_ptr, fg_ptr, gb_ptr, gli_ptr, gmax_ptr, length, store, SIG: tl.constexpr, BLOCK: tl.constexpr):
+    """One chunk's gates (pointers at its first token), BLOCK lanes in fp32: b (cumulative log forget gates) and li
+    (log input gates), returned; with `store` also written, with (exp only) max_{s <= t} (li_s - b_s), the in-chunk
+    part of the row stabiliser m_t = b_t + max(m_state, that max)."""
+    offs = tl.arange(0, BLOCK)
+    mask = offs < length
+    f = tl.load(fg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.cumsum(tl.where(mask, logsigmoid(f), 0.0), axis=0)
+    li = tl.load(ig_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if SIG:
+        li = logsigmoid(li)
+    else:
+        run = tl.associative_scan(tl.where(mask, li - b, float("-inf")), 0, max_combine)
+        tl.store(gmax_ptr + offs, run, mask=mask & store)
+    tl.store(gb_ptr + offs, b, mask=mask & store)
+    tl.store(gli_ptr + offs, li, mask=mask & store)
+    return b, li
+
+
+@triton.jit
+def _gate_rows(gb_ptr, gli_ptr, mrows_ptr, offs_l, mask_l, REVERSE: tl.constexpr, SIG: tl.constexpr):
+    """b and the second per-token term of the local weights (forward li, reverse m_t; sig reverse: none) from memory."""
     b = tl.load(gb_ptr + offs_l, mask=mask_l, other=0.0)
+    if REVERSE:
+        if SIG:
+            second = b
+        else:
+            second = tl.load(mrows_ptr + offs_l, mask=mask_l, other=0.0)
+    else:
+        second = tl.load(gli_ptr + offs_l, mask=mask_l, other=0.0)
+    return b, second
+
+
+@triton.jit
+def _weighted_rows(a_ptr, xaug_ptr, offs_a, mask_a, offs_l, mask_l, b, second, g, shift, a_mult,
+                   DA: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr):
+    """Tokens offs_l of one chunk as the local product's left operand: the BA x BL block of A^T with each token's
+    weight applied (in A's dtype), and its share of the vector term (fp32).
+
+    Weights from b and `second` (`_gate_rows`): forward exp(g - b_s + li_s - shift) with shift the chunk's max (0 for
+    sig); reverse exp(b_r + shift - m_r) with shift the state's m (b_r alone for sig).
+    """
     if REVERSE:
         if SIG:
             w = tl.exp(b)
         else:
-            w = tl.exp(b + shift - tl.load(mrows_ptr + offs_l, mask=mask_l, other=0.0))
+            w = tl.exp(b + shift - second)
     else:
-        w = tl.exp(g - b + tl.load(gli_ptr + offs_l, mask=mask_l, other=0.0) - shift)
+        w = tl.exp(g - b + second - shift)
     w = tl.where(mask_l, w * a_mult, 0.0)
     a_t = tl.load(a_ptr + offs_l[None, :] * DA + offs_a[:, None], mask=mask_a[:, None] & mask_l[None, :],
                   other=0.0).to(tl.float32)
@@ -70,9 +111,10 @@ def _weighted_rows(a_ptr, gb_ptr, gli_ptr, mrows_ptr, xaug_ptr, offs_a, mask_a, 
 
 @triton.jit
 def _local_kernel(
-    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, n_chunks, NH, S, a_mult,
+    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, IG, FG, GMAX, n_chunks, NH, S, a_mult,
     DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BL: tl.constexpr, BA: tl.constexpr, BX: tl.constexpr,
+    GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BL: tl.constexpr, BA: tl.constexpr,
+    BX: tl.constexpr,
 ):
     """BA rows of one chunk's local term (all DX columns, in blocks of BX; stored in OUT_C's dtype), its share of the
     vector term (fp32) and the chunk's scalars.
@@ -80,6 +122,8 @@ def _local_kernel(
     A chunk of at most BL tokens (BL == BLOCK_L) has its A rows read once, transposed straight from memory, and
     weighted; that (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged.
     Longer chunks would not fit on chip that way: each X column block then sums the chunk's BL-token segments.
+    GATES (forward, whole chunks): the gates come from IG / FG (`chunk_gates`, every program; the first one of the
+    chunk writes GB, GLI, GMAX for the later kernels) instead of from GB / GLI, which saves the gate kernel's launch.
     """
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -90,7 +134,13 @@ def _local_kernel(
     # the chunk's own base pointers keep every tile offset below in 32 bits
     a_ptr, x_ptr, gb_ptr, gli_ptr = A + tok0 * DA, X + tok0 * DX, GB + tok0, GLI + tok0
     mrows_ptr, xaug_ptr = MROWS + tok0, XAUG + tok0
-    g = tl.load(gb_ptr + length - 1)
+    offs_c = tl.arange(0, BLOCK_L)
+    mask_c = offs_c < length
+    if GATES:
+        b_c, li_c = chunk_gates(IG + tok0, FG + tok0, gb_ptr, gli_ptr, GMAX + tok0, length, pid == 0, SIG, BLOCK_L)
+        g = tl.sum(tl.where(offs_c == length - 1, b_c, 0.0), axis=0)
+    else:
+        g = tl.load(gb_ptr + length - 1)
     scalar = chunk.to(tl.int64) * NH + head
     tl.store(CHUNK_G + scalar, g, mask=pid == 0)
     if REVERSE:
@@ -100,36 +150,46 @@ def _local_kernel(
         out = (slot + 1) * NH + head
         shift = 0.0
         if not SIG:
-            offs_c = tl.arange(0, BLOCK_L)
-            mask_c = offs_c < length
-            val = g - tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0) + tl.load(gli_ptr + offs_c, mask=mask_c,
-                                                                                  other=0.0)
+            if GATES:
+                val = g - b_c + li_c
+            else:
+                val = g - tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0) + tl.load(gli_ptr + offs_c, mask=mask_c,
+                                                                                      other=0.0)
             shift = tl.max(tl.where(mask_c, val, float("-inf")), axis=0)
             tl.store(CHUNK_L + scalar, shift, mask=pid == 0)
     c_ptr = OUT_C + out * DA * DX
-    args = (a_ptr, gb_ptr, gli_ptr, mrows_ptr, xaug_ptr, offs_a, mask_a)
+    rows = (a_ptr, xaug_ptr, offs_a, mask_a)
+    weights = (g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG)
     if BL == BLOCK_L:
-        aw, vec = _weighted_rows(*args, 0, length, g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG, BL)
+        if GATES:
+            b_l, second = b_c, li_c
+        else:
+            b_l, second = _gate_rows(gb_ptr, gli_ptr, mrows_ptr, offs_c, mask_c, REVERSE, SIG)
+        aw, vec = _weighted_rows(*rows, offs_c, mask_c, b_l, second, *weights)
     else:
         vec = tl.zeros((BA,), dtype=tl.float32)
         for l0 in range(0, length, BL):
-            vec += _weighted_rows(*args, l0, length, g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG, BL)[1]
+            offs_l = l0 + tl.arange(0, BL)
+            mask_l = offs_l < length
+            b_l, second = _gate_rows(gb_ptr, gli_ptr, mrows_ptr, offs_l, mask_l, REVERSE, SIG)
+            vec += _weighted_rows(*rows, offs_l, mask_l, b_l, second, *weights)[1]
     tl.store(OUT_N + out * DA + offs_a, vec, mask=mask_a)
     for x0 in range(0, DX, BX):
         offs_x = x0 + tl.arange(0, BX)
         mask_x = offs_x < DX
         if BL == BLOCK_L:
-            offs_l = tl.arange(0, BL)
-            xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :],
-                         mask=(offs_l < length)[:, None] & mask_x[None, :], other=0.0)
+            xb = tl.load(x_ptr + offs_c[:, None] * DX + offs_x[None, :], mask=mask_c[:, None] & mask_x[None, :],
+                         other=0.0)
             acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
         else:
             acc = tl.zeros((BA, BX), dtype=tl.float32)
             for l0 in range(0, length, BL):
-                aw_seg = _weighted_rows(*args, l0, length, g, shift, a_mult, DA, REVERSE, SIG, HAS_XAUG, BL)[0]
                 offs_l = l0 + tl.arange(0, BL)
-                xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :],
-                             mask=(offs_l < length)[:, None] & mask_x[None, :], other=0.0)
+                mask_l = offs_l < length
+                b_l, second = _gate_rows(gb_ptr, gli_ptr, mrows_ptr, offs_l, mask_l, REVERSE, SIG)
+                aw_seg = _weighted_rows(*rows, offs_l, mask_l, b_l, second, *weights)[0]
+                xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :], mask=mask_l[:, None] & mask_x[None, :],
+                             other=0.0)
                 acc = tl.dot(aw_seg, xb, acc, input_precision=PRECISION)
         tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty),
                  mask=mask_a[:, None] & mask_x[None, :])
@@ -236,6 +296,16 @@ LOCAL_TILES = _local_tiles()
 LOCAL_SEGMENT = 256
 
 
+def _segment(chunk_size: int, dtype: torch.dtype) -> int:
+    """Tokens per step of the local kernel: the whole chunk, or LOCAL_SEGMENT (scaled to the dtype) for longer ones."""
+    return pow2_block(chunk_size, high=LOCAL_SEGMENT * 2 // dtype.itemsize)
+
+
+def local_holds_chunk(chunk_size: int, dtype: torch.dtype) -> bool:
+    """Whether the local kernel keeps a whole chunk of inputs in `dtype` on chip (and can then form its gates)."""
+    return _segment(chunk_size, dtype) == pow2_block(chunk_size)
+
+
 def state_buffers(layout: ChunkLayout, NH: int, DA: int, DX: int, dtype: torch.dtype, device) -> tuple:
     """(out_c, out_end, out_n) for `chunk_states`: the matrix states at every slot in the inputs' dtype, the fp32
     matrix state where each sequence's walk ends, the fp32 vector states at every slot."""
@@ -245,14 +315,18 @@ def state_buffers(layout: ChunkLayout, NH: int, DA: int, DX: int, dtype: torch.d
 
 
 def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate, out_c, out_end, out_n, init,
-                 a_mult: float, reverse: bool, sig: bool, precision: str, xaug=None, mrows=None) -> None:
+                 a_mult: float, reverse: bool, sig: bool, precision: str, xaug=None, mrows=None, gates=None) -> None:
     """Fill out_c (n_slots, NH, DA, DX, any float dtype: the inputs' one) and out_n (n_slots, NH, DA, fp32) with the
     states at every chunk boundary, and out_end (n_seqs, NH, DA, DX, fp32) with the matrix state where each
     sequence's walk ends (forward: after its last chunk, reverse: before its first).
     Forward (reverse=False): A = k, X = v, init = (C0, n0, m0) or None; also fills mstate (n_slots, NH).
     Reverse: A = q, X = dnum, xaug = d qn, a_mult = scale, mrows = the forward's row stabilisers, mstate as the
     forward filled it, init = (dC_last, dn_last, None) or None; gives the state gradients.
+    gates = (igate, fgate, gmax) (forward, `local_holds_chunk` only): gb, gli and gmax are not read but filled from the
+    gate pre-activations by the local kernel.
     """
+    if gates is not None and (reverse or not local_holds_chunk(chunk_size, A.dtype)):
+        raise ValueError("the local kernel forms the gates only in the forward pass over whole chunks")
     NH, S, DA = A.shape[1], A.shape[2], A.shape[3]
     DX = X.shape[-1]
     chunk_g = torch.empty(layout.n_chunks, NH, device=A.device, dtype=torch.float32)
@@ -265,9 +339,9 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
     LOCAL_TILES.launch(
         "fp32" if A.dtype == torch.float32 else ("rev" if reverse else "fwd"), grid,
         A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
-        out_c, out_n, chunk_g, chunk_l, layout.chunks, layout.n_chunks, NH, S, a_mult,
-        DA=DA, DX=DX, REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None, PRECISION=precision,
-        BLOCK_L=pow2_block(chunk_size), BL=pow2_block(chunk_size, high=LOCAL_SEGMENT * 2 // A.element_size()),
+        out_c, out_n, chunk_g, chunk_l, layout.chunks, *(gates if gates is not None else (dummy,) * 3),
+        layout.n_chunks, NH, S, a_mult, DA=DA, DX=DX, REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None,
+        GATES=gates is not None, PRECISION=precision, BLOCK_L=pow2_block(chunk_size), BL=_segment(chunk_size, A.dtype),
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
     BLOCK = 1024

@@ -1,7 +1,8 @@
 """Chunkwise-parallel mLSTM in Triton, tiled inside each chunk (TFLA), forward and backward, exp and sig variants.
 
 Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). Forward:
-  1. `_gate_kernel`: log input gates and chunk-local cumulative log forget gates b (fp32).
+  1. log input gates and chunk-local cumulative log forget gates b (fp32): formed by the first kernel of step 2 when
+     it holds a chunk whole (chunks up to 256 tokens; 128 for fp32), else by `_gate_kernel` before it.
   2. `chunk_states` (kernels/mlstm/chunk_states_triton.py): the stabilised memory (C, n, m) at every chunk boundary,
      from a parallel per-chunk product and an elementwise scan across the chunks.
   3. `_scores_kernel`: each chunk's causal, gate-weighted scores P (L x L, in the inputs' dtype), once per chunk,
@@ -42,7 +43,7 @@ import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
-from kernels.mlstm.chunk_states_triton import chunk_base, chunk_states, state_buffers
+from kernels.mlstm.chunk_states_triton import chunk_base, chunk_gates, chunk_states, local_holds_chunk, state_buffers
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice
@@ -52,35 +53,10 @@ _AUG_NONE, _AUG_ROWS, _AUG_COLS = 0, 1, 2
 
 
 @triton.jit
-def _logsigmoid(x):
-    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-
-@triton.jit
-def _max_combine(a, b):
-    """Combine function of a running max (tl.associative_scan)."""
-    return tl.maximum(a, b)
-
-
-@triton.jit
 def _gate_kernel(IG, FG, GB, GLI, GMAX, CHUNKS, n_chunks, NH, S, SIG: tl.constexpr, BLOCK: tl.constexpr):
-    """Per chunk: b (cumulative log forget gates), log input gates and, for exp, max_{s <= t} (li_s - b_s), the
-    in-chunk part of the row stabiliser m_t = b_t + max(m_state, that max)."""
-    chunk = tl.program_id(0)
-    head = tl.program_id(1)
-    length, base, _ = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < length
-    f = tl.load(FG + base + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.cumsum(tl.where(mask, _logsigmoid(f), 0.0), axis=0)
-    tl.store(GB + base + offs, b, mask=mask)
-    i = tl.load(IG + base + offs, mask=mask, other=0.0).to(tl.float32)
-    if SIG:
-        i = _logsigmoid(i)
-    else:
-        run = tl.associative_scan(tl.where(mask, i - b, float("-inf")), 0, _max_combine)
-        tl.store(GMAX + base + offs, run, mask=mask)
-    tl.store(GLI + base + offs, i, mask=mask)
+    """The gates of one chunk (`chunk_gates`), for chunks the forward local kernel does not hold whole."""
+    length, base, _ = chunk_base(CHUNKS, tl.program_id(0), n_chunks, NH, S, tl.program_id(1))
+    chunk_gates(IG + base, FG + base, GB + base, GLI + base, GMAX + base, length, True, SIG, BLOCK)
 
 
 @triton.jit
@@ -351,7 +327,7 @@ INTRA_TILES = _intra_tiles()
 def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, gli, mrows, mstate, sigma_ab: float,
             sigma_x: float, sig: bool, stv=None, qn=None, gmax=None, aug=None, sigma_m: float = 1.0):
     """Launch the scores kernel: each chunk's weighted scores into out (n_chunks, NH, L, L). Case 'h' (the forward)
-    also writes the row stabilisers (mrows, from gmax of `_gates`) and the normaliser sums (qn); 'dp' reads
+    also writes the row stabilisers (mrows, from the gates' gmax) and the normaliser sums (qn); 'dp' reads
     mrows."""
     _, NH, S, DA = A.shape
     half = A.element_size() == 2
@@ -409,26 +385,29 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, P, X, out, stm
     )
 
 
-def _gates(igate, fgate, layout: ChunkLayout, chunk_size: int, sig: bool):
-    B, NH, S = igate.shape
-    gb = torch.empty(B, NH, S, device=igate.device, dtype=torch.float32)
+def _gate_buffers(igate: torch.Tensor, sig: bool):
+    """gb (chunk-local cumulative log forget gates), gli (log input gates) and, for exp, gmax (fp32, like igate)."""
+    gb = torch.empty(igate.shape, device=igate.device, dtype=torch.float32)
     gli = torch.empty_like(gb)
-    gmax = gb if sig else torch.empty_like(gb)  # not written for sig
-    _gate_kernel[(layout.n_chunks, NH)](igate, fgate, gb, gli, gmax, layout.chunks, layout.n_chunks, NH, S,
-                                        SIG=sig, BLOCK=_pow2(chunk_size))
-    return gb, gli, gmax
+    return gb, gli, (gb if sig else torch.empty_like(gb))  # gmax is not written for sig
 
 
-def _states(k, v, gb, gli, layout, chunk_size, init, sig):
-    """Forward states at every slot in k's dtype (for the intra kernel and the backward), n and m in fp32, and the
-    last states (C, n, m) in fp32."""
+def _states(k, v, igate, fgate, layout, chunk_size, init, sig):
+    """Gates (gb, gli, gmax), forward states at every slot in k's dtype (for the intra kernel and the backward), n and
+    m in fp32, and the last states (C, n, m) in fp32."""
     NH, DK, DV = k.shape[1], k.shape[-1], v.shape[-1]
+    gb, gli, gmax = _gate_buffers(igate, sig)
+    gates = (igate, fgate, gmax)
+    if not local_holds_chunk(chunk_size, k.dtype):
+        _gate_kernel[(layout.n_chunks, NH)](igate, fgate, gb, gli, gmax, layout.chunks, layout.n_chunks, NH,
+                                            k.shape[2], SIG=sig, BLOCK=_pow2(chunk_size))
+        gates = None
     c, c_last, n = state_buffers(layout, NH, DK, DV, k.dtype, k.device)
     m = torch.empty(layout.n_slots, NH, device=k.device, dtype=torch.float32)
     chunk_states(layout, chunk_size, A=k, X=v, gb=gb, gli=gli, mstate=m, out_c=c, out_end=c_last, out_n=n, init=init,
-                 a_mult=1.0, reverse=False, sig=sig, precision=_precision(k.dtype))
+                 a_mult=1.0, reverse=False, sig=sig, precision=_precision(k.dtype), gates=gates)
     last = (c_last, n[layout.last_slots], m[layout.last_slots])
-    return c, n, m, last
+    return (gb, gli, gmax), (c, n, m), last
 
 
 def _segment_suffix_sum(x: torch.Tensor, layout: ChunkLayout) -> torch.Tensor:
@@ -477,8 +456,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
         B, _, S, _ = q.shape
         layout = chunk_layout(B, S, chunk_size, q.device, bounds)
         init = _fold_initial(c0, n0, m0, sig)
-        gb, gli, gmax = _gates(igate, fgate, layout, chunk_size, sig)
-        c, n, m, last = _states(k, v, gb, gli, layout, chunk_size, init, sig)
+        (gb, gli, gmax), (c, n, m), last = _states(k, v, igate, fgate, layout, chunk_size, init, sig)
         h = torch.empty_like(v)
         mrows = torch.empty_like(gb)
         qn = torch.empty_like(gb)

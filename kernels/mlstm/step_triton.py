@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunkwise_triton import _logsigmoid, _pow2
+from kernels.mlstm.chunk_states_triton import logsigmoid as _logsigmoid
+from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 
 

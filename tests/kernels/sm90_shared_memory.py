@@ -40,8 +40,9 @@ def cases() -> dict[str, tuple]:
             dtype, reverse = ("fp32" if case == "fp32" else "bf16"), case == "rev"
             types = _types(dtype, "A X OUT_C")
             element = 4 if dtype == "fp32" else 2
+            segment = min(chunk, states.LOCAL_SEGMENT * 2 // element)
             constexprs = dict(DA=HEAD_DIM, DX=HEAD_DIM, REVERSE=reverse, SIG=False, HAS_XAUG=reverse,
-                              PRECISION="tf32", BLOCK_L=chunk, BL=min(chunk, states.LOCAL_SEGMENT * 2 // element))
+                              GATES=not reverse and segment == chunk, PRECISION="tf32", BLOCK_L=chunk, BL=segment)
             config = states.LOCAL_TILES.configs[states.LOCAL_TILES.pinned[case]]
             out[f"local-{case}-L{chunk}"] = (states._local_kernel, types, constexprs, config)
     for case in ("h", "dp", "fp32"):

@@ -176,6 +176,18 @@ def test_scores_and_intra_tiles_may_differ(variant, monkeypatch):
     check_against_reference(leaves, variant, torch.float32, chunk_size=64)
 
 
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_chunks_longer_than_the_local_segment(variant, monkeypatch):
+    """Chunks the local kernel sums in segments (on the GPU: over 256 tokens, 128 in fp32) take their gates from the
+    separate gate kernel; shorter ones (every other CPU case) have the local kernel form them."""
+    from kernels.mlstm import chunk_states_triton
+
+    monkeypatch.setattr(chunk_states_triton, "LOCAL_SEGMENT", 32)  # fp32: segments of 16 tokens
+    assert not chunk_states_triton.local_holds_chunk(64, torch.float32)
+    leaves = make_inputs(2, 2, 100, 16, 32, variant, n_states=2, seed=5)
+    check_against_reference(leaves, variant, torch.float32, chunk_size=64)
+
+
 def test_tile_pins_name_configs_of_their_kernel():
     """Every launch case pins an entry of its kernel's config list (a wrong pin would only fail on a GPU)."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
