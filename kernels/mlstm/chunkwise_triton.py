@@ -43,7 +43,13 @@ import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_layout import ChunkLayout, chunk_layout
-from kernels.mlstm.chunk_states_triton import chunk_base, chunk_gates, chunk_states, local_holds_chunk, state_buffers
+from kernels.mlstm.chunk_states_triton import (
+    chunk_base,
+    chunk_gates,
+    chunk_states,
+    local_holds_chunk,
+    state_buffers,
+)
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice

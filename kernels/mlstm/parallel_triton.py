@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
-from kernels.mlstm.chunk_states_triton import logsigmoid as _logsigmoid, max_combine as _max_combine
+from kernels.mlstm.chunk_states_triton import logsigmoid as _logsigmoid
+from kernels.mlstm.chunk_states_triton import max_combine as _max_combine
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
