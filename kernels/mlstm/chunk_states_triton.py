@@ -150,12 +150,9 @@ def _local_kernel(
         out = (slot + 1) * NH + head
         shift = 0.0
         if not SIG:
-            if GATES:
-                val = g - b_c + li_c
-            else:
-                val = g - tl.load(gb_ptr + offs_c, mask=mask_c, other=0.0) + tl.load(gli_ptr + offs_c, mask=mask_c,
-                                                                                      other=0.0)
-            shift = tl.max(tl.where(mask_c, val, float("-inf")), axis=0)
+            if not GATES:
+                b_c, li_c = _gate_rows(gb_ptr, gli_ptr, mrows_ptr, offs_c, mask_c, False, SIG)
+            shift = tl.max(tl.where(mask_c, g - b_c + li_c, float("-inf")), axis=0)
             tl.store(CHUNK_L + scalar, shift, mask=pid == 0)
     c_ptr = OUT_C + out * DA * DX
     rows = (a_ptr, xaug_ptr, offs_a, mask_a)
