@@ -7,10 +7,6 @@ from torch import nn
 
 from kernels.dispatch import resolve_backend
 
-# Under torch.compile PyTorch's conv is an external cuDNN call behind a channels-last copy, which inductor cannot
-# fuse either, so in compiled inference the fused op replaces three passes too.
-COMPILED_USES_TRITON = True
-
 
 class CausalConv1d(nn.Module):
     """Depthwise causal conv over (B, T, D). The state is the last kernel_size - 1 inputs, so a sequence processed
@@ -44,20 +40,21 @@ class GridConv2d(nn.Module):
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        B, T, D = _check_grid(x, grid)
+        B, _, D = _check_grid(x, grid)
         y = self.conv(x.transpose(1, 2).reshape(B, D, *grid))
         return y.flatten(2).transpose(1, 2)
 
     def conv_silu(self, x: torch.Tensor, grid: tuple[int, int], backend: str = "auto") -> torch.Tensor:
         """silu(self(x, grid)). Without a gradient to compute (inference) and where `backend` resolves to Triton, in
-        one fused Triton pass (see COMPILED_USES_TRITON for traced calls); fp16/bf16/fp32 activations."""
+        one fused Triton pass, also inside torch.compile graphs (there PyTorch's conv is an external cuDNN call behind
+        a channels-last copy, which inductor cannot fuse either); fp16/bf16/fp32 activations."""
         _check_grid(x, grid)
         params = (self.conv.weight, self.conv.bias)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
         fused = not needs_grad and resolve_backend(backend, x.device, x.dtype) == "triton"
         if fused and x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"the fused grid conv takes fp16/bf16/fp32 inputs, got {x.dtype}")
-        if fused and (COMPILED_USES_TRITON or not torch.compiler.is_compiling()):
+        if fused:
             from xlstm_core.grid_conv_triton import grid_conv_silu_triton
 
             return grid_conv_silu_triton(x, *params, grid)
