@@ -29,11 +29,13 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 # (rows, columns, head-dim slice, output columns, warps, stages) per launch; the interpreter runs small head-dim tiles
 # so that the CPU tests cover both paths (whole head dims held on chip, and head dims walked in slices) and the
 # tiling of the sequence beyond 64 tokens. Heads of at most SMALL_HEAD features take the whole-head path: each
-# program loads its own rows once instead of once per tile of the other side.
-# Tiles from a sweep of the sliced path at ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; forward 0.17 ms,
-# forward + backward 1.06 ms); the whole-head path runs them unswept: in the model its backward takes 0.57 ms per
-# block against 1.34 ms sliced.
+# program loads its own rows once instead of once per tile of the other side (its slice and output columns are the
+# head dims rounded up to a power of two, whatever its tiles say).
+# Sliced-path tiles from a sweep at ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; forward 0.17 ms, forward +
+# backward 1.06 ms); whole-head tiles from `python -m benchmarks.mlstm_parallel_tiles` at the same shape (30 configs
+# per kernel; forward op 0.147 ms, backward op 0.446 -> 0.360 ms with the dq re-pin; results/mlstm_parallel_tiles.json).
 TILES = {"fwd": (64, 64, 128, 128, 4, 1), "dq": (32, 64, 128, 128, 4, 1), "dkdv": (32, 64, 128, 128, 4, 1)}
+WHOLE_HEAD_TILES = {"fwd": (64, 64, 128, 128, 4, 1), "dq": (64, 32, 128, 128, 4, 1), "dkdv": (32, 64, 128, 128, 4, 1)}
 INTERPRETER_TILES = (64, 64, 32, 32, 1, 1)
 SMALL_HEAD = 128
 
@@ -50,9 +52,13 @@ def _pow2(n: int, low: int = 16) -> int:
 
 def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int, bool]:
     """The case's tiles for these head dims, and whether the whole-head path runs (one slice covers both dims)."""
-    br, bj, bd, bx, warps, stages = INTERPRETER_TILES if interpreter_enabled() else TILES[case]
     width = _pow2(max(dk, dv))
-    small = width <= min(bd, SMALL_HEAD)
+    if interpreter_enabled():
+        br, bj, bd, bx, warps, stages = INTERPRETER_TILES
+        small = width <= bd
+    else:
+        small = width <= SMALL_HEAD
+        br, bj, bd, bx, warps, stages = (WHOLE_HEAD_TILES if small else TILES)[case]
     if small:
         bd = bx = width
     return br, bj, min(bd, width), min(bx, width), warps, stages, small

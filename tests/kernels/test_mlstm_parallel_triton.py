@@ -73,6 +73,20 @@ def test_extreme_gates(variant):
     check(leaves, variant, torch.float32)
 
 
+def test_gpu_tiles_follow_the_head_width(monkeypatch):
+    """On the GPU, heads up to SMALL_HEAD features take the whole-head pins (head dims rounded up to a power of two),
+    wider ones the sliced pins with their own head-dim slices (a mix-up would only show as a slow or failing GPU run)."""
+    import importlib
+
+    pt = importlib.import_module("kernels.mlstm.parallel_triton")
+    monkeypatch.setattr(pt, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(pt, "WHOLE_HEAD_TILES", {case: (16, 32, 0, 0, 2, 3) for case in pt.TILES})
+    monkeypatch.setattr(pt, "TILES", {case: (128, 64, 64, 32, 8, 1) for case in pt.TILES})
+    assert pt._tiles("dq", 96, 96) == (16, 32, 128, 128, 2, 3, True)
+    assert pt._tiles("dkdv", 64, 128) == (16, 32, 128, 128, 2, 3, True)
+    assert pt._tiles("fwd", 192, 192) == (128, 64, 64, 32, 8, 1, False)
+
+
 def test_states_and_long_sequences_leave_the_fused_kernel():
     q, k, v, i, f = (t.detach() for t in make_inputs(1, 1, 12, 16, 16, seed=3))
     state = (torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16), torch.zeros(1, 1))

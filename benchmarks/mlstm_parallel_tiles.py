@@ -1,0 +1,86 @@
+"""Tile sweep of the fused parallel mLSTM kernels (kernels/mlstm/parallel_triton.py) on the whole-head path.
+
+At ViL-T's cell shape by default (B=256, NH=4, S=196, DH=96, bf16, the (B, S, NH, D) layout the layer passes): for
+each launch case (forward, dq, dk/dv) every candidate (rows, columns, warps, stages) is timed on its own op (the
+forward op; the backward op with the other backward kernel at its pin), its outputs compared with those of the
+pinned tiles, and the fastest is reported per case. Prints a table and writes JSON (results schema of DESIGN.md).
+
+    python -m benchmarks.mlstm_parallel_tiles [--out benchmarks/results/mlstm_parallel_tiles.json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+
+import torch
+import triton
+
+from benchmarks.common import row, write_results
+
+CANDIDATES = [(br, bj, warps, stages) for br, bj, warps, stages in
+              itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3)) if not (br == 128 and warps == 4)]
+
+
+def _inputs(B: int, NH: int, S: int, D: int, seed: int = 0):
+    """q, k, v as (B, NH, S, D) views of (B, S, NH, D) bf16 storage, gates (B, NH, S), and an output gradient."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
+    q, k, v = (rand(B, S, NH, D).bfloat16().transpose(1, 2) for _ in range(3))
+    return q, k, v, rand(B, NH, S), rand(B, NH, S) + 3.0, rand(B, S, NH, D).bfloat16().transpose(1, 2)
+
+
+def _rel_err(outs, refs) -> float:
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(outs, refs))
+
+
+def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
+    """Rows of op time (ms, median of triton.testing.do_bench) and relative error per (case, candidate)."""
+    pt = importlib.import_module("kernels.mlstm.parallel_triton")
+    q, k, v, igate, fgate, dh = _inputs(B, NH, S, D)
+    forward = lambda: pt._forward(q, k, v, igate, fgate, False, True, 1e-6)
+    h, g, mx, alpha, gamma = forward()
+    backward = lambda: pt._backward(dh, q, k, v, h, g, mx, alpha, gamma)
+    ops = {"fwd": (forward, lambda outs: outs[:1]), "dq": (backward, lambda outs: outs[:1]),
+           "dkdv": (backward, lambda outs: outs[1:3])}
+    shape = f"B{B}-NH{NH}-S{S}-D{D}"
+    rows, pinned = [], dict(pt.WHOLE_HEAD_TILES)
+    for case, (op, pick) in ops.items():
+        reference = [t.clone() for t in pick(op())]
+        best = None
+        for br, bj, warps, stages in CANDIDATES:
+            pt.WHOLE_HEAD_TILES[case] = (br, bj, 128, 128, warps, stages)
+            try:
+                err = _rel_err(pick(op()), reference)
+                ms = triton.testing.do_bench(op, warmup=10, rep=50, return_mode="median")
+            except Exception as failure:  # noqa: BLE001 (a config that does not fit is reported, not fatal)
+                print(f"{case} BR{br}xBJ{bj}/w{warps}/s{stages} failed: {type(failure).__name__}")
+                continue
+            config = f"BR{br}xBJ{bj}/w{warps}/s{stages}"
+            rows.append(row("ours:triton", f"parallel:{case}:{shape}", "op_time", round(ms, 4), "ms", config=config,
+                            max_rel_err_vs_pinned=round(err, 5), pinned=(br, bj, warps, stages) == (
+                                pinned[case][0], pinned[case][1], pinned[case][4], pinned[case][5])))
+            if best is None or ms < best[1]:
+                best = (config, ms)
+        pt.WHOLE_HEAD_TILES[case] = pinned[case]
+        print(f"{case}: fastest {best[0]} {best[1]:.4f} ms")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/mlstm_parallel_tiles.json")
+    parser.add_argument("--shape", nargs=4, type=int, default=[256, 4, 196, 96], metavar=("B", "NH", "S", "D"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU")
+    rows = sweep(*args.shape)
+    print(f"{'case':34s} {'config':20s} {'ms':>8s} {'err vs pin':>10s}")
+    for r in sorted(rows, key=lambda r: (r["case"], r["value"])):
+        print(f"{r['case']:34s} {r['config']:20s} {r['value']:8.4f} {r['max_rel_err_vs_pinned']:10.2e}"
+              + ("  (pinned)" if r["pinned"] else ""))
+    print(f"wrote {write_results(args.out, rows)}")
+
+
+if __name__ == "__main__":
+    main()
