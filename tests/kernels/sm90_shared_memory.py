@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -39,10 +40,10 @@ def cases() -> dict[str, tuple]:
         for case in ("fwd", "rev", "fp32"):
             dtype, reverse = ("fp32" if case == "fp32" else "bf16"), case == "rev"
             types = _types(dtype, "A X OUT_C")
-            element = 4 if dtype == "fp32" else 2
-            segment = min(chunk, states.LOCAL_SEGMENT * 2 // element)
+            torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
             constexprs = dict(DA=HEAD_DIM, DX=HEAD_DIM, REVERSE=reverse, SIG=False, HAS_XAUG=reverse,
-                              GATES=not reverse and segment == chunk, PRECISION="tf32", BLOCK_L=chunk, BL=segment)
+                              GATES=not reverse and states.local_holds_chunk(chunk, torch_dtype), PRECISION="tf32",
+                              BLOCK_L=chunk, BL=states._segment(chunk, torch_dtype))
             config = states.LOCAL_TILES.configs[states.LOCAL_TILES.pinned[case]]
             out[f"local-{case}-L{chunk}"] = (states._local_kernel, types, constexprs, config)
     for case in ("h", "dp", "fp32"):
