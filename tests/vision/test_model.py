@@ -89,6 +89,18 @@ def test_dense_qkv_path_matches_block_diagonal_einsum():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_dense_qkv_views_have_vector_aligned_token_strides(grad):
+    """q, k, v are views into the two folded GEMMs' outputs; their token strides must be multiples of 16 elements,
+    or Triton cannot vectorise the cell's loads (unpadded, this layer's widths are 2 * 32 + 8 and 32 + 8)."""
+    layer = small_vil().stack.blocks[0].layer
+    x_conv, x_inner = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
+    with torch.set_grad_enabled(grad):
+        q, k, v, igate, fgate = layer._projections(x_conv, x_inner)
+    assert [t.shape for t in (q, k, v)] == [(2, 16, 32)] * 3 and igate.shape == fgate.shape == (2, 16, 4)
+    assert all(t.stride(1) % 16 == 0 and t.stride(-1) == 1 for t in (q, k, v)), [t.stride() for t in (q, k, v)]
+
+
 def test_inference_reuses_folded_weights_until_a_parameter_changes(monkeypatch):
     """Without autograd the folded q/k/v + gate weights are computed once per layer and reused; an optimizer step
     (in-place), a state-dict load and a dtype move each give fresh ones, and outputs always match the unfolded

@@ -102,3 +102,20 @@ def test_gpu_torch_compile_matches_eager():
     fn = lambda u: conv.conv_silu(u.chunk(2, dim=-1)[1], (14, 14), backend="triton")
     with torch.inference_mode():
         assert torch.equal(torch.compile(fn)(up), fn(up))
+
+
+def test_training_path_hands_cudnn_a_dense_channels_last_input():
+    """The conv's input is the strided half of the up-projection; PyTorch's conv gets it as a dense channels-last
+    tensor (one copy here), not strided (which made cuDNN's forward and backward each copy it), and the result and
+    gradients stay those of the strided input."""
+    conv, up = make(2, (3, 5), 8, 3)
+    seen = []
+    conv.conv.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    x = up.chunk(2, dim=-1)[1].requires_grad_()
+    y = conv(x, (3, 5))
+    assert seen[0].is_contiguous(memory_format=torch.channels_last) and seen[0].shape == (2, 8, 3, 5)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    dense = x.detach().contiguous().requires_grad_()
+    y_dense = conv(dense, (3, 5))
+    torch.testing.assert_close(y, y_dense)
+    torch.testing.assert_close(grad, torch.autograd.grad(y_dense.square().sum(), dense)[0])
