@@ -68,7 +68,6 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
 
 
-
 # The folded q/k/v GEMMs' output widths are padded to a multiple of this many columns. q, k and v are views into those
 # outputs, and Triton vectorises a load only when it can prove the row stride divisible by 16 elements: at ViL-T's
 # width 776 (2 * 384 + 8 gate columns) the fused parallel cell compiled to 16-bit scalar loads (sm_90 SASS: 192
@@ -87,6 +86,7 @@ def _pad_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch
     """weight (in, out) and bias (out,) with zero columns appended up to a multiple of COLUMN_ALIGN outputs."""
     extra = -weight.shape[1] % COLUMN_ALIGN
     return F.pad(weight, (0, extra)), None if bias is None else F.pad(bias, (0, extra))
+
 
 class mLSTMPreUpLayer(nn.Module):
     """xLSTM-paper mLSTM layer: up-project, conv + SiLU for q/k, block-diagonal q/k/v, gates from (q, k, v),
