@@ -151,9 +151,10 @@ class mLSTMPreUpLayer(nn.Module):
         w_conv, b_conv, w_inner, b_inner = self._folded_weights()
         qk_gates = _linear_2d(x_conv, w_conv.t(), b_conv)
         v_gates = _linear_2d(x_inner, w_inner.t(), b_inner)
-        q, k, gates_qk = qk_gates[..., :inner], qk_gates[..., inner : 2 * inner], qk_gates[..., 2 * inner :]
-        v, gates_v = v_gates[..., :inner], v_gates[..., inner:]
-        igate, fgate = (gates_qk + gates_v)[..., : 2 * NH].chunk(2, dim=-1)
+        q, k = qk_gates[..., :inner], qk_gates[..., inner : 2 * inner]
+        gates_qk = qk_gates[..., 2 * inner : 2 * (inner + NH)]  # the columns after the gates are padding
+        v, gates_v = v_gates[..., :inner], v_gates[..., inner : inner + 2 * NH]
+        igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
         return q, k, v, igate, fgate
 
     def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -21,8 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
-from kernels.mlstm.chunk_states_triton import logsigmoid as _logsigmoid
-from kernels.mlstm.chunk_states_triton import max_combine as _max_combine
+from kernels.mlstm.chunk_states_triton import logsigmoid, max_combine
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
@@ -74,14 +73,14 @@ def _gate_kernel(IG, FG, G, MX, M, S, NH, si_b, si_h, si_s, sf_b, sf_h, sf_s, SI
     f = tl.load(FG + b * sf_b + hd * sf_h + offs * sf_s, mask=mask, other=0.0).to(tl.float32)
     li = tl.load(IG + b * si_b + hd * si_h + offs * si_s, mask=mask, other=0.0).to(tl.float32)
     if SIG:
-        li = _logsigmoid(li)
-    f_cum = tl.cumsum(tl.where(mask, _logsigmoid(f), 0.0), axis=0)
+        li = logsigmoid(li)
+    f_cum = tl.cumsum(tl.where(mask, logsigmoid(f), 0.0), axis=0)
     g = li - f_cum
     if SIG:
         mx = -f_cum
         m = tl.zeros_like(f_cum)
     else:
-        mx = tl.associative_scan(tl.where(mask, g, float("-inf")), 0, _max_combine)
+        mx = tl.associative_scan(tl.where(mask, g, float("-inf")), 0, max_combine)
         m = f_cum + mx
     tl.store(G + bh * S + offs, g, mask=mask)
     tl.store(MX + bh * S + offs, mx, mask=mask)

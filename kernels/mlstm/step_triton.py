@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mlstm.chunk_states_triton import logsigmoid as _logsigmoid
+from kernels.mlstm.chunk_states_triton import logsigmoid
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 
@@ -20,8 +20,8 @@ from kernels.mlstm.reference import MLSTMState
 def _gate_update(ig, fg, m_old, SIG: tl.constexpr):
     """From the input / forget gate pre-activations and the old stabiliser: the stabiliser after the step and the
     weights of the old memory and of the new key-value outer product."""
-    log_f = _logsigmoid(fg)
-    log_i = _logsigmoid(ig) if SIG else ig
+    log_f = logsigmoid(fg)
+    log_i = logsigmoid(ig) if SIG else ig
     if SIG:
         m_new = log_f * 0.0
     else:
