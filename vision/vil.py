@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vision.patch_embed import PatchGemmEmbed
 from xlstm_core import xLSTMBlockStack, xLSTMBlockStackConfig
 from xlstm_core.mlstm_layer import small_init_, wang_init_
 
@@ -46,8 +47,7 @@ class VisionLSTM(nn.Module):
         self.num_features = self.embed_dim = embed_dim
         self.num_prefix_tokens = 0
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, flatten=False, output_fmt="NHWC",
-                                      strict_img_size=False)
+        self.patch_embed = PatchGemmEmbed(img_size, patch_size, in_chans, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.stack = xLSTMBlockStack(xLSTMBlockStackConfig(
             embedding_dim=embed_dim, num_blocks=depth, num_heads=num_heads, reverse_at=list(range(1, depth, 2)),

@@ -101,6 +101,18 @@ def test_dense_qkv_views_have_vector_aligned_token_strides(grad):
     assert all(t.stride(1) % 16 == 0 and t.stride(-1) == 1 for t in (q, k, v)), [t.stride() for t in (q, k, v)]
 
 
+def test_token_stream_is_token_major():
+    """The residual stream leaves the patch embedding as dense (B, N, E) tokens and every block keeps it so; as a
+    channel-major view of the conv's output it stayed channel-major through all blocks (pointwise ops keep their
+    input's layout), and each layer norm read it with a stride of N tokens."""
+    model = small_vil()
+    x, grid = model._embed(torch.randn(2, 3, 16, 16))
+    assert x.is_contiguous(), x.stride()
+    for index in range(len(model.stack.blocks)):
+        x = _block_outputs(model, index, x, grid)
+        assert x.is_contiguous(), (index, x.stride())
+
+
 def test_inference_reuses_folded_weights_until_a_parameter_changes(monkeypatch):
     """Without autograd the folded q/k/v + gate weights are computed once per layer and reused; an optimizer step
     (in-place), a state-dict load and a dtype move each give fresh ones, and outputs always match the unfolded

@@ -80,6 +80,34 @@ def test_layer_triton_matches_torch_backend():
         assert_close(a, b, torch.float32, name, atol=1e-7)
 
 
+def test_compiled_training_saves_no_fp32_copies_of_the_layer_activations():
+    """Under torch.compile the chain runs as a checkpointed region, so the backward recomputes it from the layer's
+    bf16 h, x_skip and z. Left to inductor's partitioner (same one as `aot_eager_decomp_partition`), the fp32
+    pre-gate value and an fp32 copy of z were saved instead: 8 bytes per (token, feature) more per layer."""
+    cfg = xLSTMBlockStackConfig(embedding_dim=32, num_heads=2, num_blocks=1, conv_mode="grid2d",
+                                conv_kernel_size=3, mlstm_form="parallel")
+    torch.manual_seed(0)
+    layer = mLSTMPreUpLayer(cfg)
+    x = torch.randn(2, 12, 32, requires_grad=True)
+    compiled = torch.compile(lambda t: layer(t, grid=(3, 4)), backend="aot_eager_decomp_partition", fullgraph=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = compiled(x)
+    inner = 2 * 12 * cfg.inner_dim
+    assert not [tuple(t.shape) for t in saved if t.dtype == torch.float32 and t.numel() == inner]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_eager = layer(x, grid=(3, 4))
+    grads = [torch.autograd.grad(out.float().square().sum(), [x, *layer.parameters()]) for out in (y, y_eager)]
+    assert_close(y.float(), y_eager.float(), torch.bfloat16, "y")
+    for a, b in zip(*grads):
+        assert_close(a, b, torch.bfloat16, "grad")
+
+
 def test_rejects_mismatched_shapes():
     h, xs, up, weight, skip = make_leaves(1, 4, 2, 8, bias=False)
     with pytest.raises(ValueError, match="x_skip, z"):
