@@ -18,6 +18,13 @@ import vision  # noqa: F401  (registers the ViL models with timm)
 from vision.distributed import all_reduce_sum, barrier, init_distributed
 
 
+def check_compile_mode(mode: str | None) -> None:
+    """Raise a ValueError unless `mode` is None or one of torch.compile's modes."""
+    modes = ["default", *torch._inductor.list_mode_options()]
+    if mode is not None and mode not in modes:
+        raise ValueError(f"compile_mode must be None or one of {modes}, got {mode!r}")
+
+
 def synthetic_steps(model: str, model_kwargs: dict[str, Any] | None, img_size: int, batch_size: int,
                     device: torch.device, *, compile: bool = False, compile_mode: str | None = None,
                     grad_checkpointing: bool = False, distributed: bool = False,
@@ -31,6 +38,7 @@ def synthetic_steps(model: str, model_kwargs: dict[str, Any] | None, img_size: i
     net.set_grad_checkpointing(grad_checkpointing)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     wrapped = DistributedDataParallel(net) if distributed else net
+    check_compile_mode(compile_mode)
     wrapped = torch.compile(wrapped, mode=compile_mode) if compile else wrapped
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
@@ -54,8 +62,9 @@ def synthetic_steps(model: str, model_kwargs: dict[str, Any] | None, img_size: i
 
 def training_throughput(model: str, model_kwargs: dict[str, Any] | None = None, img_size: int = 224,
                         batch_size: int = 256, steps: int = 20, warmup: int = 5, compile: bool = False,
-                        amp: bool = True, device: str = "auto") -> dict[str, Any]:
-    """Images/s of AdamW training steps (bf16 autocast on GPU) on a fixed random batch of `batch_size` per process.
+                        compile_mode: str | None = None, amp: bool = True, device: str = "auto") -> dict[str, Any]:
+    """Images/s of AdamW training steps (bf16 autocast on GPU) on a fixed random batch of `batch_size` per process,
+    under torch.compile in `compile_mode` if `compile`.
 
     Returns world size, images/s per process (mean over ranks) and in total, and seconds per step.
     """
@@ -63,7 +72,7 @@ def training_throughput(model: str, model_kwargs: dict[str, Any] | None = None, 
         raise ValueError(f"need steps >= 1, warmup >= 0 and batch_size >= 1, got {steps}, {warmup}, {batch_size}")
     info = init_distributed(device)
     _, step = synthetic_steps(model, model_kwargs, img_size, batch_size, info.device, compile=compile,
-                              distributed=info.world > 1, amp=amp)
+                              compile_mode=compile_mode, distributed=info.world > 1, amp=amp)
 
     def sync() -> None:
         if info.device.type == "cuda":
@@ -80,5 +89,5 @@ def training_throughput(model: str, model_kwargs: dict[str, Any] | None = None, 
     seconds = time.perf_counter() - start
     (total,) = all_reduce_sum([batch_size * steps / seconds], info)
     return {"model": model, "world": info.world, "batch_per_process": batch_size, "img_size": img_size,
-            "compile": compile, "img_per_s_per_process": total / info.world, "img_per_s_total": total,
-            "seconds_per_step": seconds / steps}
+            "compile": compile, "compile_mode": compile_mode, "img_per_s_per_process": total / info.world,
+            "img_per_s_total": total, "seconds_per_step": seconds / steps}

@@ -5,7 +5,8 @@
 - `model=<timm name> [img_size=192]`: print its parameters and FLOPs at its own resolution (224 for the *_224
   models) or at img_size (`mode=model`);
 - `mode=train model=<timm name> data.root=<folder>`: train one model; `torchrun --nproc_per_node=N -m
-  experiments.vision ...` runs it with DDP (`train.compile=true` runs the model under torch.compile);
+  experiments.vision ...` runs it with DDP (`train.compile=true` runs the model under torch.compile,
+  `train.compile_mode=reduce-overhead` with CUDA graphs);
 - `mode=throughput model=<timm name>`: training images/s on synthetic batches (no data loading), per process and in
   total; `torchrun --nproc_per_node=N -m experiments.vision mode=throughput ...` shows how DDP scales.
 """
@@ -60,7 +61,7 @@ def run(cfg: DictConfig) -> None:
                                      **OmegaConf.to_container(cfg.throughput, resolve=True))
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"{cfg.model} @ {result['img_size']}px, batch {result['batch_per_process']} per process, "
-                  f"{result['world']} process(es), compile={result['compile']}: {result['img_per_s_total']:.0f} img/s "
+                  f"{result['world']} process(es), compile={result['compile']} ({result['compile_mode'] or 'default'}): {result['img_per_s_total']:.0f} img/s "
                   f"in total, {result['img_per_s_per_process']:.0f} per process")
         return
     base = _train_config(cfg)

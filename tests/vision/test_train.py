@@ -1,6 +1,7 @@
 """Training loop: schedule, learning on a real (tiny) image folder, exact resume, metrics files, complexity counts."""
 import math
 import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -60,6 +61,30 @@ def test_train_config_validation(stripes_root, tmp_path):
         TrainConfig(data=DataConfig(root=stripes_root, batch_size=3, mixup=0.8))
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="compile_mode must be None or one of"):
+        TrainConfig(compile_mode="reduce_overhead")
+
+
+def test_compile_mode_reaches_torch_compile(stripes_root, tmp_path, monkeypatch):
+    """train.compile_mode is the mode torch.compile gets (the module itself is run eagerly here)."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    train(tiny_config(stripes_root, tmp_path, epochs=1, compile=True, compile_mode="reduce-overhead"))
+    assert modes == ["reduce-overhead"]
+
+
+@pytest.mark.parametrize("scale", ["tiny", "gpu", "imagenet"], ids=lambda scale: f"scale_{scale}")  # not the `gpu` mark
+def test_hydra_train_config_takes_compile_mode_and_stop_epoch(scale, stripes_root):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.vision.__main__ import _train_config
+
+    conf = Path(__file__).parents[2] / "experiments" / "vision" / "conf"
+    with initialize_config_dir(str(conf), version_base=None):
+        cfg = compose("config", overrides=[f"scale={scale}", f"data.root={stripes_root}",
+                                           "train.compile_mode=reduce-overhead", "train.stop_epoch=2"])
+    train_cfg = _train_config(cfg)
+    assert train_cfg.compile_mode == "reduce-overhead" and train_cfg.stop_epoch == 2
 
 
 def test_param_and_flop_counts():
