@@ -369,13 +369,24 @@ def _autograd_backward(ctx, dh, *_):
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
+def _vector_aligned(x: torch.Tensor) -> torch.Tensor:
+    """x, or a copy in (B, S, NH, D) storage when that lets Triton vectorise its loads and x does not. Triton proves
+    a stride divisible by 16 elements (and a base 16-byte aligned) or loads 16-bit scalars: on an H100 at ViL-T's
+    shape, views with token stride 776 cost ~0.22 ms more per forward + backward, a copy ~0.08 ms."""
+    aligned = (x.stride(-1) == 1 and all(st % 16 == 0 for st in x.stride()[:-1])
+               and x.storage_offset() * x.element_size() % 16 == 0)  # storage bases are 16-byte aligned
+    if aligned or (x.shape[-1] % 16 and x.stride(-1) == 1):
+        return x
+    return _bsnd(x, x.shape[-1], x.dtype).copy_(x)
+
+
 def mlstm_parallel_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
                           fgate: torch.Tensor, *, variant: str = "exp", normalize: bool = True,
                           eps: float = 1e-6) -> torch.Tensor:
     """Parallel-form mLSTM of `reference.mlstm_parallel` (no initial or last state) for S <= MAX_LEN.
 
-    q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); gates (B, NH, S); fp16/bf16/fp32. Any strides with a unit last
-    stride are read as they are. Returns h (B, NH, S, DHV) in q's dtype, stored as (B, S, NH, DHV). Differentiable
+    q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); gates (B, NH, S); fp16/bf16/fp32. Views are read as they are when
+    their strides are multiples of 16 elements (or the head dim is not), else copied (`_vector_aligned`). Returns h (B, NH, S, DHV) in q's dtype, stored as (B, S, NH, DHV). Differentiable
     w.r.t. q, k, v and both gates; runs as one opaque op inside torch.compile graphs.
     """
     S = q.shape[2]
@@ -384,7 +395,7 @@ def mlstm_parallel_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, iga
                          "use form='chunkwise'")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"the Triton mLSTM kernels take fp16/bf16/fp32 inputs, got {q.dtype}")
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    q, k, v = (_vector_aligned(x) for x in (q, k, v))
     return _forward(q, k, v, igate, fgate, variant == "sig", normalize, float(eps))[0]
 
 

@@ -87,6 +87,26 @@ def test_gpu_tiles_follow_the_head_width(monkeypatch):
     assert pt._tiles("fwd", 192, 192) == (128, 64, 64, 32, 8, 1, False)
 
 
+def test_misaligned_views_are_copied_to_vector_aligned_storage():
+    """q/k/v views whose strides are not multiples of 16 elements (here the token stride 2 * 32 + 8 of a folded
+    projection) are copied to (B, S, NH, D) storage, where Triton can vectorise; aligned views and heads narrower
+    than 16 are passed through. The result equals that of the aligned inputs."""
+    from kernels.mlstm.parallel_triton import _vector_aligned
+
+    wide = torch.randn(2, 12, 2 * 32 + 8)  # (B, S, 2 * NH * DH + gates), NH = 2, DH = 16
+    q = wide[..., :32].unflatten(-1, (2, 16)).transpose(1, 2)
+    k = wide[..., 32:64].unflatten(-1, (2, 16)).transpose(1, 2)
+    aligned_q = _vector_aligned(q)
+    assert aligned_q.stride() == (12 * 32, 16, 32, 1) and torch.equal(aligned_q, q)
+    assert _vector_aligned(aligned_q) is aligned_q
+    narrow = torch.randn(2, 12, 3 * 12).unflatten(-1, (3, 12)).transpose(1, 2)[..., :8]
+    assert _vector_aligned(narrow) is narrow
+    v = torch.randn(2, 12, 2, 16).transpose(1, 2)
+    gates = [torch.randn(2, 2, 12), torch.randn(2, 2, 12) + 3]
+    outputs = [mlstm_parallel_triton(a, b, v, *gates) for a, b in ((q, k), (q.contiguous(), k.contiguous()))]
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
 def test_states_and_long_sequences_leave_the_fused_kernel():
     q, k, v, i, f = (t.detach() for t in make_inputs(1, 1, 12, 16, 16, seed=3))
     state = (torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16), torch.zeros(1, 1))
