@@ -12,8 +12,9 @@ from torch.utils.checkpoint import checkpoint
 from kernels.dispatch import resolve_backend
 from xlstm_core.norms import multi_head_norm
 
-# Under torch.compile the chain goes to inductor, which fuses it with its neighbours (the SiLU of the conv branch,
-# the casts around the projections); the opaque Triton op would cut those fusions off.
+# Under torch.compile the chain's forward goes to inductor, which fuses it with its neighbours (the SiLU of the conv
+# branch, the casts around the projections); the opaque Triton forward op would cut those fusions off. For training
+# on the Triton backend the backward is still the fused kernel (`_TracedForwardFusedBackward`).
 COMPILED_USES_TRITON = False
 
 
@@ -29,12 +30,34 @@ def norm_skip_gate_reference(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Ten
     return (normed + skip * x_skip) * F.silu(z)
 
 
+class _TracedForwardFusedBackward(torch.autograd.Function):
+    """Compiled training on the Triton backend: inductor fuses the forward with its neighbours, and the backward is
+    the fused Triton kernel, which reads only the saved bf16 h, x_skip and z. On an H100 (compiled ViL-T step,
+    batch 256) it took 53.3 ms of GPU time against 54.4 ms with the checkpointed PyTorch chain, whose backward ran as
+    three inductor kernels (0.34 ms per block against the fused kernel's 0.24)."""
+
+    @staticmethod
+    def forward(ctx, h, x_skip, z, weight, bias, skip, eps):
+        h = h if h.stride(-1) == 1 and h.stride(-2) == h.shape[-1] else h.contiguous()  # the kernel's layouts
+        z = z if z.stride(-1) == 1 else z.contiguous()
+        ctx.eps = eps
+        ctx.save_for_backward(h, x_skip, z, weight, bias, skip)
+        return norm_skip_gate_reference(h, x_skip, z, weight, bias, skip, eps).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        from xlstm_core.norm_gate_triton import fused_backward
+
+        return fused_backward(ctx, dy)
+
+
 def norm_skip_gate(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
                    bias: torch.Tensor | None, skip: torch.Tensor, *, eps: float = 1e-6,
                    backend: str = "auto") -> torch.Tensor:
     """The output chain of `norm_skip_gate_reference`, fused in one Triton kernel (forward and backward) where
-    `backend` resolves to Triton and the call is not traced by torch.compile (see COMPILED_USES_TRITON); traced for
-    training, it runs under activation checkpointing.
+    `backend` resolves to Triton and the call is not traced by torch.compile (see COMPILED_USES_TRITON). Traced for
+    training, the forward is left to inductor, and the backward is the fused kernel on the Triton backend or a
+    recomputation (activation checkpointing) on the PyTorch one; neither saves fp32 copies of the activations.
 
     The fused path returns h's dtype (bf16 under autocast: the down-projection casts to it anyway)."""
     if h.dim() != 4 or x_skip.shape != z.shape or x_skip.shape != (*h.shape[:2], h.shape[2] * h.shape[3]):
@@ -52,6 +75,8 @@ def norm_skip_gate(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weigh
 
         return norm_skip_gate_triton(h, x_skip, z, weight, bias, skip, eps)
     if torch.compiler.is_compiling() and torch.is_grad_enabled():
+        if fused:
+            return _TracedForwardFusedBackward.apply(h, x_skip, z, weight, bias, skip, eps)
         # A checkpointed region: the backward recomputes the chain from the layer's bf16 h, x_skip and z. Otherwise
         # inductor's partitioner saves the fp32 pre-gate value and an fp32 copy of z (it does not recompute through
         # long fusible chains): 8 bytes per token and feature, 154 MB per ViL-T block at batch 256.

@@ -157,7 +157,8 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(h, x_skip, z, weight, bias, skip)
 
 
-def _autograd_backward(ctx, dy):
+def fused_backward(ctx, dy):
+    """Gradients of the chain from ctx (saved h, x_skip, z, weight, bias, skip; eps) and dy."""
     h, x_skip, z, weight, bias, skip = ctx.saved_tensors
     dh, dxs, dz, dparams = _backward(dy, h, x_skip, z, weight, bias, skip, ctx.eps)
     dw, dskip, dbias = dparams.unbind(0)
@@ -165,7 +166,7 @@ def _autograd_backward(ctx, dy):
     return dh, dxs, dz, dw.to(weight.dtype), dbias, dskip.to(skip.dtype), None
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_forward.register_autograd(fused_backward, setup_context=_setup_context)
 
 
 def norm_skip_gate_triton(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
