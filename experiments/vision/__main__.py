@@ -60,9 +60,10 @@ def run(cfg: DictConfig) -> None:
         result = training_throughput(cfg.model, OmegaConf.to_container(cfg.model_kwargs, resolve=True),
                                      **OmegaConf.to_container(cfg.throughput, resolve=True))
         if int(os.environ.get("RANK", "0")) == 0:
+            mode = result["compile_mode"] or "default"
             print(f"{cfg.model} @ {result['img_size']}px, batch {result['batch_per_process']} per process, "
-                  f"{result['world']} process(es), compile={result['compile']} ({result['compile_mode'] or 'default'}): {result['img_per_s_total']:.0f} img/s "
-                  f"in total, {result['img_per_s_per_process']:.0f} per process")
+                  f"{result['world']} process(es), compile={result['compile']} ({mode}): "
+                  f"{result['img_per_s_total']:.0f} img/s in total, {result['img_per_s_per_process']:.0f} per process")
         return
     base = _train_config(cfg)
     if mode == "train":

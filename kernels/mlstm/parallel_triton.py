@@ -374,7 +374,7 @@ def _vector_aligned(x: torch.Tensor) -> torch.Tensor:
     a stride divisible by 16 elements or loads 16-bit scalars: on an H100 at ViL-T's shape, views with token stride
     776 cost ~0.22 ms more per forward + backward, a copy ~0.08 ms. Base-pointer alignment is not checked (dynamo
     cannot trace storage_offset()); Triton sees it at launch and only loses vector width, not correctness."""
-    aligned = x.stride(-1) == 1 and all(st % 16 == 0 for st in x.stride()[:-1])  # (offsets: not traceable)
+    aligned = x.stride(-1) == 1 and all(st % 16 == 0 for st in x.stride()[:-1])
     if aligned or (x.shape[-1] % 16 and x.stride(-1) == 1):
         return x
     return _bsnd(x, x.shape[-1], x.dtype).copy_(x)
@@ -386,8 +386,9 @@ def mlstm_parallel_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, iga
     """Parallel-form mLSTM of `reference.mlstm_parallel` (no initial or last state) for S <= MAX_LEN.
 
     q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); gates (B, NH, S); fp16/bf16/fp32. Views are read as they are when
-    their strides are multiples of 16 elements (or the head dim is not), else copied (`_vector_aligned`). Returns h (B, NH, S, DHV) in q's dtype, stored as (B, S, NH, DHV). Differentiable
-    w.r.t. q, k, v and both gates; runs as one opaque op inside torch.compile graphs.
+    their strides are multiples of 16 elements (or the head dim is not), else copied (`_vector_aligned`). Returns h
+    (B, NH, S, DHV) in q's dtype, stored as (B, S, NH, DHV). Differentiable w.r.t. q, k, v and both gates; runs as
+    one opaque op inside torch.compile graphs.
     """
     S = q.shape[2]
     if S > MAX_LEN:
