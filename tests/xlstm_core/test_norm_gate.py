@@ -57,27 +57,38 @@ def test_matches_reference(B, T, NH, DH, bias, dtype):
     check(make_leaves(B, T, NH, DH, bias=bias, dtype=dtype, seed=T), dtype)
 
 
-def test_layer_triton_matches_torch_backend():
-    """mLSTMPreUpLayer gives the same output and parameter gradients with the fused chain as without."""
+def torch_and_triton_layers():
+    """Two mLSTMPreUpLayers with the same parameters (non-trivial norm parameters, so that their gradients are not
+    all alike), on the PyTorch and the Triton backend; and an input for them on a 3 x 4 token grid."""
     cfg = xLSTMBlockStackConfig(embedding_dim=32, num_heads=2, num_blocks=1, conv_mode="grid2d",
                                 conv_kernel_size=3, cell_norm_bias=True, mlstm_form="parallel")
     torch.manual_seed(0)
     layers = [mLSTMPreUpLayer(cfg) for _ in range(2)]
-    with torch.no_grad():  # non-trivial norm parameters, so that their gradients are not all alike
+    with torch.no_grad():
         layers[0].norm.weight.uniform_(0.5, 1.5)
         layers[0].norm_bias.uniform_(-0.5, 0.5)
         layers[0].skip.uniform_(0.5, 1.5)
     layers[1].load_state_dict(layers[0].state_dict())
     layers[1].cfg = dataclasses.replace(cfg, backend="triton")
-    x = torch.randn(2, 12, 32)
-    outputs = []
+    return layers, torch.randn(2, 12, 32)
+
+
+def check_same_output_and_gradients(layers, run, atol):
+    """run(layer) on both layers: equal outputs and parameter gradients (of the mean square of the output)."""
+    results = []
     for layer in layers:
-        y = layer(x, grid=(3, 4))
-        outputs.append((y, torch.autograd.grad(y.square().sum(), list(layer.parameters()))))
-    (y_torch, g_torch), (y_triton, g_triton) = outputs
+        y = run(layer)
+        results.append((y, torch.autograd.grad(y.float().square().sum(), list(layer.parameters()))))
+    (y_torch, g_torch), (y_triton, g_triton) = results
     assert_close(y_triton, y_torch, torch.float32, "y")
     for (name, _), a, b in zip(layers[0].named_parameters(), g_triton, g_torch):
-        assert_close(a, b, torch.float32, name, atol=1e-7)
+        assert_close(a, b, torch.float32, name, atol=atol)
+
+
+def test_layer_triton_matches_torch_backend():
+    """mLSTMPreUpLayer gives the same output and parameter gradients with the fused chain as without."""
+    layers, x = torch_and_triton_layers()
+    check_same_output_and_gradients(layers, lambda layer: layer(x, grid=(3, 4)), atol=1e-7)
 
 
 def test_compiled_training_saves_no_fp32_copies_of_the_layer_activations():
@@ -112,27 +123,12 @@ def test_compiled_triton_layer_traces_whole_and_matches_the_torch_backend():
     """On the Triton backend, torch.compile traces the layer without graph breaks (fullgraph): the fused parallel
     cell as a custom op, the norm-gate chain's forward as traced ops with the fused Triton backward. Output and
     parameter gradients equal the PyTorch backend's."""
-    cfg = xLSTMBlockStackConfig(embedding_dim=32, num_heads=2, num_blocks=1, conv_mode="grid2d",
-                                conv_kernel_size=3, cell_norm_bias=True, mlstm_form="parallel")
-    torch.manual_seed(0)
-    layers = [mLSTMPreUpLayer(cfg) for _ in range(2)]
-    with torch.no_grad():
-        layers[0].norm.weight.uniform_(0.5, 1.5)
-        layers[0].norm_bias.uniform_(-0.5, 0.5)
-        layers[0].skip.uniform_(0.5, 1.5)
-    layers[1].load_state_dict(layers[0].state_dict())
-    layers[1].cfg = dataclasses.replace(cfg, backend="triton")
-    x = torch.randn(2, 12, 32)
-    results = []
-    for layer in layers:
-        compiled = torch.compile(lambda t, layer=layer: layer(t, grid=(3, 4)), backend="aot_eager_decomp_partition",
-                                 fullgraph=True)
-        y = compiled(x)
-        results.append((y, torch.autograd.grad(y.float().square().sum(), list(layer.parameters()))))
-    (y_torch, g_torch), (y_triton, g_triton) = results
-    assert_close(y_triton, y_torch, torch.float32, "y")
-    for (name, _), a, b in zip(layers[0].named_parameters(), g_triton, g_torch):
-        assert_close(a, b, torch.float32, name, atol=1e-6)
+    layers, x = torch_and_triton_layers()
+
+    def compiled(layer):
+        return torch.compile(lambda t: layer(t, grid=(3, 4)), backend="aot_eager_decomp_partition", fullgraph=True)(x)
+
+    check_same_output_and_gradients(layers, compiled, atol=1e-6)
 
 
 def test_rejects_mismatched_shapes():
