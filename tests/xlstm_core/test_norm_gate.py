@@ -74,7 +74,7 @@ def torch_and_triton_layers():
 
 
 def check_same_output_and_gradients(layers, run, atol):
-    """run(layer) on both layers: equal outputs and parameter gradients (of the mean square of the output)."""
+    """run(layer) on both layers: equal outputs and parameter gradients (of the sum of squares of the output)."""
     results = []
     for layer in layers:
         y = run(layer)
