@@ -38,10 +38,10 @@ class _TracedForwardFusedBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, x_skip, z, weight, bias, skip, eps):
-        h = h if h.stride(-1) == 1 and h.stride(-2) == h.shape[-1] else h.contiguous()  # the kernel's layouts
-        z = z if z.stride(-1) == 1 else z.contiguous()
-        ctx.eps = eps
-        ctx.save_for_backward(h, x_skip, z, weight, bias, skip)
+        from xlstm_core.norm_gate_triton import kernel_layouts, setup_context
+
+        h, z = kernel_layouts(h, z)
+        setup_context(ctx, (h, x_skip, z, weight, bias, skip, eps), None)
         return norm_skip_gate_reference(h, x_skip, z, weight, bias, skip, eps).to(h.dtype)
 
     @staticmethod

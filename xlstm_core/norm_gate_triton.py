@@ -154,7 +154,14 @@ def _(dy, h, x_skip, z, weight, bias, skip, eps):
             z.new_empty(B, T, NH * DH), h.new_empty(3, NH * DH, dtype=torch.float32))
 
 
-def _setup_context(ctx, inputs, output):
+def kernel_layouts(h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h with each head's features dense and z with a unit feature stride, as the kernels address them."""
+    h = h if h.stride(-1) == 1 and h.stride(-2) == h.shape[-1] else h.contiguous()
+    return h, z if z.stride(-1) == 1 else z.contiguous()
+
+
+def setup_context(ctx, inputs, output):
+    """Keep what `fused_backward` reads: h, x_skip, z and the parameters (saved), eps (on ctx)."""
     h, x_skip, z, weight, bias, skip, eps = inputs
     ctx.eps = eps
     ctx.save_for_backward(h, x_skip, z, weight, bias, skip)
@@ -169,15 +176,14 @@ def fused_backward(ctx, dy):
     return dh, dxs, dz, dw.to(weight.dtype), dbias, dskip.to(skip.dtype), None
 
 
-_forward.register_autograd(fused_backward, setup_context=_setup_context)
+_forward.register_autograd(fused_backward, setup_context=setup_context)
 
 
 def norm_skip_gate_triton(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
                           bias: torch.Tensor | None, skip: torch.Tensor, eps: float) -> torch.Tensor:
     """The fused chain on h (B, T, NH, DH) and x_skip, z (B, T, NH * DH); returns (B, T, NH * DH) in h's dtype.
     Shapes are checked by `xlstm_core.norm_gate.norm_skip_gate`; here only unit feature strides are ensured."""
-    h = h if h.stride(-1) == 1 and h.stride(-2) == h.shape[-1] else h.contiguous()
-    z = z if z.stride(-1) == 1 else z.contiguous()
+    h, z = kernel_layouts(h, z)
     return _forward(h, x_skip, z, weight, bias, skip, float(eps))
 
 

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
-from kernels.mlstm.chunk_states_triton import logsigmoid, max_combine
+from kernels.mlstm.chunk_states_triton import logsigmoid, max_combine, pow2_block
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
@@ -45,13 +45,9 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _pow2(n: int, low: int = 16) -> int:
-    return max(low, triton.next_power_of_2(n))
-
-
 def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int, bool]:
     """The case's tiles for these head dims, and whether the whole-head path runs (one slice covers both dims)."""
-    width = _pow2(max(dk, dv))
+    width = pow2_block(max(dk, dv))
     if interpreter_enabled():
         br, bj, bd, bx, warps, stages = INTERPRETER_TILES
         small = width <= bd
@@ -296,7 +292,7 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Ten
     DV = v.shape[-1]
     g, mx, m, alpha, gamma = (q.new_empty(B, NH, S, dtype=torch.float32) for _ in range(5))
     _gate_kernel[(B * NH,)](igate, fgate, g, mx, m, S, NH, *igate.stride(), *fgate.stride(), SIG=sig,
-                            BS=_pow2(S))
+                            BS=pow2_block(S))
     h = _bsnd(q, DV, q.dtype)
     br, bj, bd, bx, warps, stages, small = _tiles("fwd", DK, DV)
     grid = (triton.cdiv(S, br) * triton.cdiv(DV, bx), B * NH)
