@@ -25,18 +25,23 @@ from kernels.mlstm.chunk_states_triton import logsigmoid, max_combine, pow2_bloc
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
-# (rows, columns, head-dim slice, output columns, warps, stages) per launch; the interpreter runs small head-dim tiles
-# so that the CPU tests cover both paths (whole head dims held on chip, and head dims walked in slices) and the
-# tiling of the sequence beyond 64 tokens. Heads of at most SMALL_HEAD features take the whole-head path: each
-# program loads its own rows once instead of once per tile of the other side (its slice and output columns are the
-# head dims rounded up to a power of two, whatever its tiles say).
-# Sliced-path tiles from a sweep at ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; forward 0.17 ms, forward +
-# backward 1.06 ms); whole-head tiles from `python -m benchmarks.mlstm_parallel_tiles` at the same shape (30 configs
-# per kernel; forward op 0.147 ms, backward op 0.446 -> 0.360 ms with the dq re-pin; results/mlstm_parallel_tiles.json).
+# Heads of at most SMALL_HEAD features (INTERPRETER_SMALL_HEAD under the interpreter) take the whole-head kernels:
+# each program loads its own rows once and keeps them on chip, and a head is held as two power-of-two column parts
+# (`_head_parts`: 96 = 64 + 32), so no product runs over padding columns. Their row tiles are aligned to the
+# sequence's end, so that a partial tile (196 = 3 * 64 + 4) is the first one, whose causal loop is shortest.
+# Wider heads take the sliced kernels, which walk the head dims in slices and output columns in blocks.
+# WHOLE_HEAD_TILES: (rows, columns, warps, stages) per launch, from `python -m benchmarks.mlstm_parallel_tiles` at
+# ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; results/mlstm_parallel_tiles.json).
+# TILES: (rows, columns, head-dim slice, output columns, warps, stages) of the sliced kernels, from a sweep at the
+# same shape before the whole-head kernels existed (forward 0.17 ms, forward + backward 1.06 ms).
+# The interpreter runs small tiles, so that the CPU tests cover several row tiles, both kernel families and the
+# tiling of the head dims.
+WHOLE_HEAD_TILES = {"fwd": (64, 16, 4, 2), "dq": (64, 16, 4, 2), "dkdv": (32, 64, 4, 1)}
 TILES = {"fwd": (64, 64, 128, 128, 4, 1), "dq": (32, 64, 128, 128, 4, 1), "dkdv": (32, 64, 128, 128, 4, 1)}
-WHOLE_HEAD_TILES = {"fwd": (64, 64, 128, 128, 4, 1), "dq": (64, 32, 128, 128, 4, 1), "dkdv": (32, 64, 128, 128, 4, 1)}
-INTERPRETER_TILES = (64, 64, 32, 32, 1, 1)
+INTERPRETER_WHOLE_HEAD_TILES = (32, 16, 1, 1)
+INTERPRETER_TILES = (32, 16, 32, 32, 1, 1)
 SMALL_HEAD = 128
+INTERPRETER_SMALL_HEAD = 64
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -45,18 +50,28 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
-def _tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int, bool]:
-    """The case's tiles for these head dims, and whether the whole-head path runs (one slice covers both dims)."""
+def whole_head(dk: int, dv: int) -> bool:
+    """Whether heads of these dims take the whole-head kernels."""
+    limit = INTERPRETER_SMALL_HEAD if interpreter_enabled() else SMALL_HEAD
+    return max(dk, dv) <= limit
+
+
+def _head_parts(dk: int, dv: int) -> tuple[int, int]:
+    """Widths (a, b) of the two column parts [0, a) and [a, a + b) that hold a whole head: 96 -> (64, 32),
+    128 -> (64, 64); each at least 16, the least tl.dot takes."""
+    width = max(dk, dv)
+    a = max(16, pow2_block(width) // 2)
+    return a, pow2_block(width - a) if width > a else 16
+
+
+def _whole_head_tiles(case: str) -> tuple[int, int, int, int]:
+    return INTERPRETER_WHOLE_HEAD_TILES if interpreter_enabled() else WHOLE_HEAD_TILES[case]
+
+
+def _sliced_tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int]:
+    br, bj, bd, bx, warps, stages = INTERPRETER_TILES if interpreter_enabled() else TILES[case]
     width = pow2_block(max(dk, dv))
-    if interpreter_enabled():
-        br, bj, bd, bx, warps, stages = INTERPRETER_TILES
-        small = width <= bd
-    else:
-        small = width <= SMALL_HEAD
-        br, bj, bd, bx, warps, stages = (WHOLE_HEAD_TILES if small else TILES)[case]
-    if small:
-        bd = bx = width
-    return br, bj, min(bd, width), min(bx, width), warps, stages, small
+    return br, bj, min(bd, width), min(bx, width), warps, stages
 
 
 @triton.jit
@@ -111,10 +126,29 @@ def _decay(g_cols, mx_rows, offs_rows, offs_cols, mask_rows, mask_cols):
 
 
 @triton.jit
+def _normaliser(qn, m_r, eps, SIG: tl.constexpr, NORMALIZE: tl.constexpr, BR: tl.constexpr):
+    """alpha (the inverse of the clipped normaliser) and gamma (its derivative's share of dS) per row."""
+    if SIG:
+        if NORMALIZE:
+            alpha = 1.0 / (tl.maximum(tl.abs(qn), 1.0) + eps)
+            active = tl.abs(qn) > 1.0
+        else:
+            alpha = tl.full((BR,), 1.0, tl.float32)
+            active = tl.zeros((BR,), dtype=tl.int1)
+    else:
+        e = tl.exp(-tl.abs(m_r))  # exp(-m) for m >= 0, exp(m) for m < 0: never above 1
+        alpha = tl.where(m_r < 0, e / (tl.maximum(tl.abs(qn) * e, 1.0) + eps * e),
+                         1.0 / (tl.maximum(tl.abs(qn), e) + eps))
+        active = tl.where(m_r < 0, tl.abs(qn) * e > 1.0, tl.abs(qn) > e)
+    return alpha, tl.where(active, tl.where(qn > 0, -alpha, alpha), 0.0)
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
                 sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sh_b, sh_h, sh_s, scale, eps,
-                SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, SMALL: tl.constexpr,
+                SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
                 BR: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr, BX: tl.constexpr):
+    """Sliced forward: h for a tile of rows and a block of output columns, head dims walked in slices of BD."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     n_x = tl.cdiv(DV, BX)
@@ -129,37 +163,18 @@ def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
     mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
     acc = tl.zeros((BR, BX), dtype=tl.float32)
     qn = tl.zeros((BR,), dtype=tl.float32)
-    if SMALL:
-        q_r = _tile(q_ptr, offs_r, mask_r, sq_s, offs_x, DK)
     for j0 in range(0, tl.minimum(r0 + BR, S), BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < S
         g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
-        if SMALL:
-            k_j = _tile(k_ptr, offs_j, mask_j, sk_s, offs_x, DK)
-            scores = tl.dot(q_r, tl.trans(k_j), input_precision=PRECISION)
-        else:
-            scores = _dot_rows(q_ptr, offs_r, mask_r, sq_s, k_ptr, offs_j, mask_j, sk_s, DK, PRECISION, BD, BR, BJ)
+        scores = _dot_rows(q_ptr, offs_r, mask_r, sq_s, k_ptr, offs_j, mask_j, sk_s, DK, PRECISION, BD, BR, BJ)
         scores = scores * scale * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
         qn += tl.sum(scores, axis=1)
         v = _tile(v_ptr, offs_j, mask_j, sv_s, offs_x, DV)
         acc = tl.dot(scores.to(v.dtype), v, acc, input_precision=PRECISION)
     m_r = tl.load(M + bh * S + offs_r, mask=mask_r, other=0.0)
-    if SIG:
-        if NORMALIZE:
-            alpha = 1.0 / (tl.maximum(tl.abs(qn), 1.0) + eps)
-            active = tl.abs(qn) > 1.0
-        else:
-            alpha = tl.full((BR,), 1.0, tl.float32)
-            active = tl.zeros((BR,), dtype=tl.int1)
-    else:
-        e = tl.exp(-tl.abs(m_r))  # exp(-m) for m >= 0, exp(m) for m < 0: never above 1
-        alpha = tl.where(m_r < 0, e / (tl.maximum(tl.abs(qn) * e, 1.0) + eps * e),
-                         1.0 / (tl.maximum(tl.abs(qn), e) + eps))
-        active = tl.where(m_r < 0, tl.abs(qn) * e > 1.0, tl.abs(qn) > e)
-    gamma = tl.where(active, tl.where(qn > 0, -alpha, alpha), 0.0)
-    h = acc * alpha[:, None]
-    tl.store(h_ptr + offs_r[:, None] * sh_s + offs_x[None, :], h.to(H.dtype.element_ty),
+    alpha, gamma = _normaliser(qn, m_r, eps, SIG, NORMALIZE, BR)
+    tl.store(h_ptr + offs_r[:, None] * sh_s + offs_x[None, :], (acc * alpha[:, None]).to(H.dtype.element_ty),
              mask=mask_r[:, None] & (offs_x < DV)[None, :])
     if xb == 0:
         tl.store(ALPHA + bh * S + offs_r, alpha, mask=mask_r)
@@ -169,9 +184,10 @@ def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
 @triton.jit
 def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, DV,
                sdh_b, sdh_h, sdh_s, sh_b, sh_h, sh_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s,
-               sdq_b, sdq_h, sdq_s, sq_b, sq_h, sq_s, scale, PRECISION: tl.constexpr, SMALL: tl.constexpr,
+               sdq_b, sdq_h, sdq_s, sq_b, sq_h, sq_s, scale, PRECISION: tl.constexpr,
                BR: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr, BX: tl.constexpr):
-    """dq for a tile of rows and dq columns; also delta_t (the normaliser's share of dS) and the row-dot q . dq."""
+    """Sliced dq for a tile of rows and dq columns; also delta_t (the normaliser's share of dS) and the row-dot
+    q . dq."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     n_x = tl.cdiv(DK, BX)
@@ -186,24 +202,17 @@ def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, D
     mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
     alpha = tl.load(ALPHA + bh * S + offs_r, mask=mask_r, other=0.0)
     dh_h = tl.zeros((BR,), dtype=tl.float32)
-    if SMALL:
-        dh_r = _tile(dh_ptr, offs_r, mask_r, sdh_s, offs_x, DV)
-        dh_h = tl.sum(dh_r.to(tl.float32) * _tile(h_ptr, offs_r, mask_r, sh_s, offs_x, DV).to(tl.float32), axis=1)
-    else:
-        for d0 in range(0, DV, BD):
-            offs_d = d0 + tl.arange(0, BD)
-            dh = _tile(dh_ptr, offs_r, mask_r, sdh_s, offs_d, DV).to(tl.float32)
-            dh_h += tl.sum(dh * _tile(h_ptr, offs_r, mask_r, sh_s, offs_d, DV).to(tl.float32), axis=1)
+    for d0 in range(0, DV, BD):
+        offs_d = d0 + tl.arange(0, BD)
+        dh = _tile(dh_ptr, offs_r, mask_r, sdh_s, offs_d, DV).to(tl.float32)
+        dh_h += tl.sum(dh * _tile(h_ptr, offs_r, mask_r, sh_s, offs_d, DV).to(tl.float32), axis=1)
     delta = tl.load(GAMMA + bh * S + offs_r, mask=mask_r, other=0.0) * dh_h
     acc = tl.zeros((BR, BX), dtype=tl.float32)
     for j0 in range(0, tl.minimum(r0 + BR, S), BJ):
         offs_j = j0 + tl.arange(0, BJ)
         mask_j = offs_j < S
         g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
-        if SMALL:
-            ds = tl.dot(dh_r, tl.trans(_tile(v_ptr, offs_j, mask_j, sv_s, offs_x, DV)), input_precision=PRECISION)
-        else:
-            ds = _dot_rows(dh_ptr, offs_r, mask_r, sdh_s, v_ptr, offs_j, mask_j, sv_s, DV, PRECISION, BD, BR, BJ)
+        ds = _dot_rows(dh_ptr, offs_r, mask_r, sdh_s, v_ptr, offs_j, mask_j, sv_s, DV, PRECISION, BD, BR, BJ)
         ds = (ds * alpha[:, None] + delta[:, None]) * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
         k = _tile(k_ptr, offs_j, mask_j, sk_s, offs_x, DK)
         acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=PRECISION)
@@ -220,9 +229,9 @@ def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, D
 @triton.jit
 def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, DK, DV,
                  sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdh_b, sdh_h, sdh_s,
-                 sdk_b, sdk_h, sdk_s, sdv_b, sdv_h, sdv_s, scale, PRECISION: tl.constexpr, SMALL: tl.constexpr,
+                 sdk_b, sdk_h, sdk_s, sdv_b, sdv_h, sdv_s, scale, PRECISION: tl.constexpr,
                  BR: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr, BX: tl.constexpr):
-    """dk and dv for a tile of columns s (BJ of them) and output columns xb: sums over the rows t >= s."""
+    """Sliced dk and dv for a tile of columns s (BJ of them) and output columns xb: sums over the rows t >= s."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     n_x = tl.cdiv(tl.maximum(DK, DV), BX)
@@ -237,9 +246,6 @@ def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, D
     g_c = tl.load(G + bh * S + offs_c, mask=mask_c, other=0.0)
     acc_k = tl.zeros((BJ, BX), dtype=tl.float32)
     acc_v = tl.zeros((BJ, BX), dtype=tl.float32)
-    if SMALL:
-        k_c = _tile(k_ptr, offs_c, mask_c, sk_s, offs_x, DK)
-        v_c = _tile(v_ptr, offs_c, mask_c, sv_s, offs_x, DV)
     for t0 in range(c0 - c0 % BR, S, BR):
         offs_t = t0 + tl.arange(0, BR)
         mask_t = offs_t < S
@@ -249,13 +255,9 @@ def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, D
         decay = tl.trans(_decay(g_c, mx_t, offs_t, offs_c, mask_t, mask_c))  # (columns s, rows t)
         dh = _tile(dh_ptr, offs_t, mask_t, sdh_s, offs_x, DV)
         q = _tile(q_ptr, offs_t, mask_t, sq_s, offs_x, DK)
-        if SMALL:
-            scores = tl.dot(k_c, tl.trans(q), input_precision=PRECISION) * scale
-            ds = tl.dot(v_c, tl.trans(dh), input_precision=PRECISION)
-        else:
-            scores = _dot_rows(k_ptr, offs_c, mask_c, sk_s, q_ptr, offs_t, mask_t, sq_s, DK, PRECISION, BD, BJ,
-                               BR) * scale
-            ds = _dot_rows(v_ptr, offs_c, mask_c, sv_s, dh_ptr, offs_t, mask_t, sdh_s, DV, PRECISION, BD, BJ, BR)
+        scores = _dot_rows(k_ptr, offs_c, mask_c, sk_s, q_ptr, offs_t, mask_t, sq_s, DK, PRECISION, BD, BJ,
+                           BR) * scale
+        ds = _dot_rows(v_ptr, offs_c, mask_c, sv_s, dh_ptr, offs_t, mask_t, sdh_s, DV, PRECISION, BD, BJ, BR)
         ds = (ds * alpha[None, :] + delta[None, :]) * decay
         acc_v = tl.dot((scores * decay * alpha[None, :]).to(dh.dtype), dh, acc_v, input_precision=PRECISION)
         acc_k = tl.dot(ds.to(q.dtype), q, acc_k, input_precision=PRECISION)
@@ -264,11 +266,151 @@ def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, D
              dk.to(DK_OUT.dtype.element_ty), mask=mask_c[:, None] & (offs_x < DK)[None, :])
     tl.store(DV_OUT + b * sdv_b + hd * sdv_h + offs_c[:, None] * sdv_s + offs_x[None, :],
              acc_v.to(DV_OUT.dtype.element_ty), mask=mask_c[:, None] & (offs_x < DV)[None, :])
-    if SMALL:
-        k = k_c.to(tl.float32)
-    else:
-        k = _tile(k_ptr, offs_c, mask_c, sk_s, offs_x, DK).to(tl.float32)
+    k = _tile(k_ptr, offs_c, mask_c, sk_s, offs_x, DK).to(tl.float32)
     tl.store(KDK + (xb * tl.num_programs(1) + bh) * S + offs_c, tl.sum(k * dk, axis=1), mask=mask_c)
+
+
+@triton.jit
+def _parts(ptr, offs_r, mask_r, stride_r, D, XA: tl.constexpr, XB: tl.constexpr):
+    """Rows offs_r of a head (D columns) as its two column parts [0, XA) and [XA, XA + XB); zeros outside."""
+    return (_tile(ptr, offs_r, mask_r, stride_r, tl.arange(0, XA), D),
+            _tile(ptr, offs_r, mask_r, stride_r, XA + tl.arange(0, XB), D))
+
+
+@triton.jit
+def _store_parts(ptr, offs_r, mask_r, stride_r, D, a, b, XA: tl.constexpr, XB: tl.constexpr):
+    offs_a, offs_b = tl.arange(0, XA), XA + tl.arange(0, XB)
+    tl.store(ptr + offs_r[:, None] * stride_r + offs_a[None, :], a.to(ptr.dtype.element_ty),
+             mask=mask_r[:, None] & (offs_a < D)[None, :])
+    tl.store(ptr + offs_r[:, None] * stride_r + offs_b[None, :], b.to(ptr.dtype.element_ty),
+             mask=mask_r[:, None] & (offs_b < D)[None, :])
+
+
+@triton.jit
+def _dot_parts(a1, a2, b1, b2, PRECISION: tl.constexpr):
+    """sum over both column parts of a_i . b_j: (rows of a, rows of b) in fp32."""
+    return tl.dot(a2, tl.trans(b2), tl.dot(a1, tl.trans(b1), input_precision=PRECISION), input_precision=PRECISION)
+
+
+@triton.jit
+def _end_aligned_rows(pid, S, BR: tl.constexpr):
+    """Rows of row tile `pid` when the tiles end at the sequence's end (the first may start before 0), their mask,
+    and the tile's end (the causal loop's bound)."""
+    r_end = (pid + 1) * BR - (tl.cdiv(S, BR) * BR - S)
+    offs_r = r_end - BR + tl.arange(0, BR)
+    return offs_r, (offs_r >= 0) & (offs_r < S), r_end
+
+
+@triton.jit
+def _fwd_head_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
+                     sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sh_b, sh_h, sh_s, scale, eps,
+                     SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+                     BR: tl.constexpr, BJ: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr):
+    """Whole-head forward: h for a tile of rows, all head columns."""
+    bh = tl.program_id(1)
+    b, hd = (bh // NH).to(tl.int64), bh % NH
+    q_ptr, k_ptr = Q + b * sq_b + hd * sq_h, K + b * sk_b + hd * sk_h
+    v_ptr, h_ptr = V + b * sv_b + hd * sv_h, H + b * sh_b + hd * sh_h
+    offs_r, mask_r, r_end = _end_aligned_rows(tl.program_id(0), S, BR)
+    mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
+    q1, q2 = _parts(q_ptr, offs_r, mask_r, sq_s, DK, XA, XB)
+    acc1 = tl.zeros((BR, XA), dtype=tl.float32)
+    acc2 = tl.zeros((BR, XB), dtype=tl.float32)
+    qn = tl.zeros((BR,), dtype=tl.float32)
+    for j0 in range(0, r_end, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask_j = offs_j < S
+        g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+        k1, k2 = _parts(k_ptr, offs_j, mask_j, sk_s, DK, XA, XB)
+        scores = _dot_parts(q1, q2, k1, k2, PRECISION) * scale * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+        qn += tl.sum(scores, axis=1)
+        v1, v2 = _parts(v_ptr, offs_j, mask_j, sv_s, DV, XA, XB)
+        acc1 = tl.dot(scores.to(v1.dtype), v1, acc1, input_precision=PRECISION)
+        acc2 = tl.dot(scores.to(v2.dtype), v2, acc2, input_precision=PRECISION)
+    m_r = tl.load(M + bh * S + offs_r, mask=mask_r, other=0.0)
+    alpha, gamma = _normaliser(qn, m_r, eps, SIG, NORMALIZE, BR)
+    _store_parts(h_ptr, offs_r, mask_r, sh_s, DV, acc1 * alpha[:, None], acc2 * alpha[:, None], XA, XB)
+    tl.store(ALPHA + bh * S + offs_r, alpha, mask=mask_r)
+    tl.store(GAMMA + bh * S + offs_r, gamma, mask=mask_r)
+
+
+@triton.jit
+def _dq_head_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, DV,
+                    sdh_b, sdh_h, sdh_s, sh_b, sh_h, sh_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s,
+                    sdq_b, sdq_h, sdq_s, sq_b, sq_h, sq_s, scale, PRECISION: tl.constexpr,
+                    BR: tl.constexpr, BJ: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr):
+    """Whole-head dq for a tile of rows; also delta_t and the row-dot q . dq."""
+    bh = tl.program_id(1)
+    b, hd = (bh // NH).to(tl.int64), bh % NH
+    k_ptr, v_ptr = K + b * sk_b + hd * sk_h, V + b * sv_b + hd * sv_h
+    offs_r, mask_r, r_end = _end_aligned_rows(tl.program_id(0), S, BR)
+    mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
+    alpha = tl.load(ALPHA + bh * S + offs_r, mask=mask_r, other=0.0)
+    dh1, dh2 = _parts(DH + b * sdh_b + hd * sdh_h, offs_r, mask_r, sdh_s, DV, XA, XB)
+    h1, h2 = _parts(H + b * sh_b + hd * sh_h, offs_r, mask_r, sh_s, DV, XA, XB)
+    dh_h = (tl.sum(dh1.to(tl.float32) * h1.to(tl.float32), axis=1)
+            + tl.sum(dh2.to(tl.float32) * h2.to(tl.float32), axis=1))
+    delta = tl.load(GAMMA + bh * S + offs_r, mask=mask_r, other=0.0) * dh_h
+    acc1 = tl.zeros((BR, XA), dtype=tl.float32)
+    acc2 = tl.zeros((BR, XB), dtype=tl.float32)
+    for j0 in range(0, r_end, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask_j = offs_j < S
+        g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+        v1, v2 = _parts(v_ptr, offs_j, mask_j, sv_s, DV, XA, XB)
+        ds = _dot_parts(dh1, dh2, v1, v2, PRECISION)
+        ds = (ds * alpha[:, None] + delta[:, None]) * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+        k1, k2 = _parts(k_ptr, offs_j, mask_j, sk_s, DK, XA, XB)
+        acc1 = tl.dot(ds.to(k1.dtype), k1, acc1, input_precision=PRECISION)
+        acc2 = tl.dot(ds.to(k2.dtype), k2, acc2, input_precision=PRECISION)
+    dq1, dq2 = acc1 * scale, acc2 * scale
+    _store_parts(DQ + b * sdq_b + hd * sdq_h, offs_r, mask_r, sdq_s, DK, dq1, dq2, XA, XB)
+    q1, q2 = _parts(Q + b * sq_b + hd * sq_h, offs_r, mask_r, sq_s, DK, XA, XB)
+    qdq = tl.sum(q1.to(tl.float32) * dq1, axis=1) + tl.sum(q2.to(tl.float32) * dq2, axis=1)
+    tl.store(QDQ + bh * S + offs_r, qdq, mask=mask_r)
+    tl.store(DELTA + bh * S + offs_r, delta, mask=mask_r)
+
+
+@triton.jit
+def _dkdv_head_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, DK, DV,
+                      sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdh_b, sdh_h, sdh_s,
+                      sdk_b, sdk_h, sdk_s, sdv_b, sdv_h, sdv_s, scale, PRECISION: tl.constexpr,
+                      BR: tl.constexpr, BJ: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr):
+    """Whole-head dk and dv for a tile of columns s: sums over the rows t >= s. Column tiles start at 0, so a partial
+    tile is the last one, whose loop over the rows is shortest."""
+    bh = tl.program_id(1)
+    c0 = tl.program_id(0) * BJ
+    b, hd = (bh // NH).to(tl.int64), bh % NH
+    q_ptr, dh_ptr = Q + b * sq_b + hd * sq_h, DH + b * sdh_b + hd * sdh_h
+    offs_c = c0 + tl.arange(0, BJ)
+    mask_c = offs_c < S
+    g_c = tl.load(G + bh * S + offs_c, mask=mask_c, other=0.0)
+    k1, k2 = _parts(K + b * sk_b + hd * sk_h, offs_c, mask_c, sk_s, DK, XA, XB)
+    v1, v2 = _parts(V + b * sv_b + hd * sv_h, offs_c, mask_c, sv_s, DV, XA, XB)
+    acc_k1 = tl.zeros((BJ, XA), dtype=tl.float32)
+    acc_k2 = tl.zeros((BJ, XB), dtype=tl.float32)
+    acc_v1 = tl.zeros((BJ, XA), dtype=tl.float32)
+    acc_v2 = tl.zeros((BJ, XB), dtype=tl.float32)
+    for t0 in range(c0 - c0 % BR, S, BR):
+        offs_t = t0 + tl.arange(0, BR)
+        mask_t = offs_t < S
+        mx_t = tl.load(MX + bh * S + offs_t, mask=mask_t, other=0.0)
+        alpha = tl.load(ALPHA + bh * S + offs_t, mask=mask_t, other=0.0)
+        delta = tl.load(DELTA + bh * S + offs_t, mask=mask_t, other=0.0)
+        decay = tl.trans(_decay(g_c, mx_t, offs_t, offs_c, mask_t, mask_c))  # (columns s, rows t)
+        q1, q2 = _parts(q_ptr, offs_t, mask_t, sq_s, DK, XA, XB)
+        dh1, dh2 = _parts(dh_ptr, offs_t, mask_t, sdh_s, DV, XA, XB)
+        p = (_dot_parts(k1, k2, q1, q2, PRECISION) * scale * decay * alpha[None, :]).to(dh1.dtype)
+        ds = ((_dot_parts(v1, v2, dh1, dh2, PRECISION) * alpha[None, :] + delta[None, :]) * decay).to(q1.dtype)
+        acc_v1 = tl.dot(p, dh1, acc_v1, input_precision=PRECISION)
+        acc_v2 = tl.dot(p, dh2, acc_v2, input_precision=PRECISION)
+        acc_k1 = tl.dot(ds, q1, acc_k1, input_precision=PRECISION)
+        acc_k2 = tl.dot(ds, q2, acc_k2, input_precision=PRECISION)
+    dk1, dk2 = acc_k1 * scale, acc_k2 * scale
+    _store_parts(DK_OUT + b * sdk_b + hd * sdk_h, offs_c, mask_c, sdk_s, DK, dk1, dk2, XA, XB)
+    _store_parts(DV_OUT + b * sdv_b + hd * sdv_h, offs_c, mask_c, sdv_s, DV, acc_v1, acc_v2, XA, XB)
+    kdk = tl.sum(k1.to(tl.float32) * dk1, axis=1) + tl.sum(k2.to(tl.float32) * dk2, axis=1)
+    tl.store(KDK + bh * S + offs_c, kdk, mask=mask_c)
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -294,11 +436,19 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Ten
     _gate_kernel[(B * NH,)](igate, fgate, g, mx, m, S, NH, *igate.stride(), *fgate.stride(), SIG=sig,
                             BS=pow2_block(S))
     h = _bsnd(q, DV, q.dtype)
-    br, bj, bd, bx, warps, stages, small = _tiles("fwd", DK, DV)
-    grid = (triton.cdiv(S, br) * triton.cdiv(DV, bx), B * NH)
-    _fwd_kernel[grid](q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v),
-                      *_strides(h), DK**-0.5, eps, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype),
-                      SMALL=small, BR=br, BJ=bj, BD=bd, BX=bx, num_warps=warps, num_stages=stages)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(h))
+    common = dict(SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype))
+    if whole_head(DK, DV):
+        br, bj, warps, stages = _whole_head_tiles("fwd")
+        xa, xb = _head_parts(DK, DV)
+        _fwd_head_kernel[(triton.cdiv(S, br), B * NH)](
+            q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *strides, DK**-0.5, eps, **common, BR=br, BJ=bj,
+            XA=xa, XB=xb, num_warps=warps, num_stages=stages)
+    else:
+        br, bj, bd, bx, warps, stages = _sliced_tiles("fwd", DK, DV)
+        _fwd_kernel[(triton.cdiv(S, br) * triton.cdiv(DV, bx), B * NH)](
+            q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *strides, DK**-0.5, eps, **common, BR=br, BJ=bj,
+            BD=bd, BX=bx, num_warps=warps, num_stages=stages)
     return h, g, mx, alpha, gamma
 
 
@@ -321,20 +471,35 @@ def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         dh = dh.contiguous()
     dq, dk, dv = _bsnd(q, DK, q.dtype), _bsnd(k, DK, k.dtype), _bsnd(v, DV, v.dtype)
     delta = torch.empty(B, NH, S, device=q.device, dtype=torch.float32)
-    br, bj, bd, bx, warps, stages, small = _tiles("dq", DK, DV)
+    dq_args = (dh, h, k, v, dq, q, g, mx, alpha, gamma, delta)
+    dq_strides = (*_strides(dh), *_strides(h), *_strides(k), *_strides(v), *_strides(dq), *_strides(q))
+    dkdv_args = (q, k, v, dh, dk, dv, g, mx, alpha, delta)
+    dkdv_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(dh), *_strides(dk), *_strides(dv))
+    precision = _precision(q.dtype)
+    if whole_head(DK, DV):
+        xa, xb = _head_parts(DK, DV)
+        qdq, kdk = (torch.empty(B, NH, S, device=q.device, dtype=torch.float32) for _ in range(2))
+        br, bj, warps, stages = _whole_head_tiles("dq")
+        _dq_head_kernel[(triton.cdiv(S, br), B * NH)](
+            *dq_args, qdq, S, NH, DK, DV, *dq_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, XA=xa, XB=xb,
+            num_warps=warps, num_stages=stages)
+        br, bj, warps, stages = _whole_head_tiles("dkdv")
+        _dkdv_head_kernel[(triton.cdiv(S, bj), B * NH)](
+            *dkdv_args, kdk, S, NH, DK, DV, *dkdv_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, XA=xa,
+            XB=xb, num_warps=warps, num_stages=stages)
+        return dq, dk, dv, qdq, kdk
+    br, bj, bd, bx, warps, stages = _sliced_tiles("dq", DK, DV)
     n_xq = triton.cdiv(DK, bx)
     qdq = torch.empty(n_xq, B, NH, S, device=q.device, dtype=torch.float32)
     _dq_kernel[(triton.cdiv(S, br) * n_xq, B * NH)](
-        dh, h, k, v, dq, q, g, mx, alpha, gamma, delta, qdq, S, NH, DK, DV, *_strides(dh), *_strides(h),
-        *_strides(k), *_strides(v), *_strides(dq), *_strides(q), DK**-0.5, PRECISION=_precision(q.dtype),
-        SMALL=small, BR=br, BJ=bj, BD=bd, BX=bx, num_warps=warps, num_stages=stages)
-    br, bj, bd, bx, warps, stages, small = _tiles("dkdv", DK, DV)
+        *dq_args, qdq, S, NH, DK, DV, *dq_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, BD=bd, BX=bx,
+        num_warps=warps, num_stages=stages)
+    br, bj, bd, bx, warps, stages = _sliced_tiles("dkdv", DK, DV)
     n_x = triton.cdiv(max(DK, DV), bx)
     kdk = torch.empty(n_x, B, NH, S, device=q.device, dtype=torch.float32)
     _dkdv_kernel[(triton.cdiv(S, bj) * n_x, B * NH)](
-        q, k, v, dh, dk, dv, g, mx, alpha, delta, kdk, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v),
-        *_strides(dh), *_strides(dk), *_strides(dv), DK**-0.5, PRECISION=_precision(q.dtype), SMALL=small, BR=br,
-        BJ=bj, BD=bd, BX=bx, num_warps=warps, num_stages=stages)
+        *dkdv_args, kdk, S, NH, DK, DV, *dkdv_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, BD=bd, BX=bx,
+        num_warps=warps, num_stages=stages)
     return dq, dk, dv, qdq.sum(0), kdk.sum(0)
 
 

@@ -1,7 +1,8 @@
 """Fused parallel mLSTM (kernels/mlstm/parallel_triton.py) against the PyTorch parallel reference.
 
 On CPU the kernel runs under TRITON_INTERPRET=1 in fp32/fp16 (the interpreter's bf16 dot is unreliable) with
-32-wide head-dim tiles, so DH = 96 and DHQK = 64 / DHV = 128 cover the head-dim tiling. Inputs are strided views of
+32 x 16 sequence tiles; heads of at most 64 features take the whole-head kernels there, wider ones (DH = 96,
+DHQK = 64 / DHV = 128) the sliced kernels with 32-wide head-dim tiles. Inputs are strided views of
 (B, S, NH, D) storage, the layout the mLSTM layer passes. The `gpu` tests run bf16 at ViL's shapes and under
 torch.compile.
 """
@@ -50,9 +51,12 @@ CPU_CASES = [  # S, DHQK, DHV, variant, dtype, normalize
     (16, 64, 64, "sig", torch.float16, False),
     (100, 64, 128, "exp", torch.float32, True),
     (196, 96, 96, "exp", torch.float32, True),
-    # heads within the interpreter's 32-wide slice take the whole-head path (rows loaded once per program)
+    # heads of at most 64 features take the whole-head kernels under the interpreter (two column parts: 48 = 32 + 16,
+    # 40 in 32 + 16 with padding), the wider ones above the sliced kernels; 32-row tiles end-aligned (77 = 2 * 32 + 13)
     (77, 32, 16, "exp", torch.float32, True),
     (40, 16, 32, "sig", torch.float16, True),
+    (77, 48, 48, "exp", torch.float32, True),
+    (33, 64, 40, "sig", torch.float32, True),
 ]
 
 
@@ -74,17 +78,21 @@ def test_extreme_gates(variant):
 
 
 def test_gpu_tiles_follow_the_head_width(monkeypatch):
-    """On the GPU, heads up to SMALL_HEAD features take the whole-head pins (head dims rounded up to a power of two),
-    wider ones the sliced pins with their own head-dim slices (a mix-up would only show as a slow or failing GPU run)."""
+    """On the GPU, heads up to SMALL_HEAD features take the whole-head kernels, held as two power-of-two column parts
+    that cover the head without padding where they can (96 = 64 + 32); wider heads the sliced pins with their own
+    head-dim slices (a mix-up would only show as a slow or failing GPU run)."""
     import importlib
 
     pt = importlib.import_module("kernels.mlstm.parallel_triton")
     monkeypatch.setattr(pt, "interpreter_enabled", lambda: False)
-    monkeypatch.setattr(pt, "WHOLE_HEAD_TILES", {case: (16, 32, 0, 0, 2, 3) for case in pt.TILES})
+    monkeypatch.setattr(pt, "WHOLE_HEAD_TILES", {case: (16, 32, 2, 3) for case in pt.TILES})
     monkeypatch.setattr(pt, "TILES", {case: (128, 64, 64, 32, 8, 1) for case in pt.TILES})
-    assert pt._tiles("dq", 96, 96) == (16, 32, 128, 128, 2, 3, True)
-    assert pt._tiles("dkdv", 64, 128) == (16, 32, 128, 128, 2, 3, True)
-    assert pt._tiles("fwd", 192, 192) == (128, 64, 64, 32, 8, 1, False)
+    assert pt.whole_head(96, 96) and pt.whole_head(64, 128) and not pt.whole_head(192, 192)
+    assert pt._whole_head_tiles("dq") == (16, 32, 2, 3)
+    assert [pt._head_parts(d, d) for d in (96, 128, 64, 48, 80, 100, 24, 8)] == [
+        (64, 32), (64, 64), (32, 32), (32, 16), (64, 16), (64, 64), (16, 16), (16, 16)]
+    assert pt._head_parts(64, 128) == (64, 64)
+    assert pt._sliced_tiles("fwd", 192, 192) == (128, 64, 64, 32, 8, 1)
 
 
 def test_misaligned_views_are_copied_to_vector_aligned_storage():
