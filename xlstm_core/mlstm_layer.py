@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import mlstm, mlstm_step
+from kernels import mlstm, mlstm_packed, mlstm_step
 from kernels.dispatch import resolve_backend
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.conv import CausalConv1d, GridConv2d
@@ -135,27 +135,28 @@ class mLSTMPreUpLayer(nn.Module):
 
     def _projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor):
         """q, k (from the conv branch), v (from the inner stream) and the input / forget gate pre-activations,
-        which read cat(q, k, v).
-
-        With dense_qkv the gate weights are folded into the block-diagonal q/k/v weights (the gates' share of q is
-        x_conv (Wq Gq) + bq Gq), so two GEMMs give everything: x_conv -> (q, k, gates of q and k) and
-        x_inner -> (v, gates of v). Neither the (B, T, 3 * inner) gate input nor GEMMs with NH outputs are formed.
-        The folded weights take ~13 small kernels forward and about as many backward (eager ViL is launch-bound);
-        inference reuses them (`_folded_weights`).
-        """
+        which read cat(q, k, v). With dense_qkv they are views of `_packed_projections`' two GEMM outputs."""
         if not self.cfg.dense_qkv:
             q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_inner)
             gate_in = torch.cat([q, k, v], dim=-1)
             return q, k, v, self.igate(gate_in), self.fgate(gate_in)
         inner, NH = self.cfg.inner_dim, self.cfg.num_heads
-        w_conv, b_conv, w_inner, b_inner = self._folded_weights()
-        qk_gates = _linear_2d(x_conv, w_conv.t(), b_conv)
-        v_gates = _linear_2d(x_inner, w_inner.t(), b_inner)
+        qk_gates, v_gates = self._packed_projections(x_conv, x_inner)
         q, k = qk_gates[..., :inner], qk_gates[..., inner : 2 * inner]
         gates_qk = qk_gates[..., 2 * inner : 2 * (inner + NH)]  # the columns after the gates are padding
         v, gates_v = v_gates[..., :inner], v_gates[..., inner : inner + 2 * NH]
         igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
         return q, k, v, igate, fgate
+
+    def _packed_projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, 2 inner + 2 NH + padding) = [q | k | gate shares of q, k] from x_conv and (B, T, inner + 2 NH +
+        padding) = [v | gate shares of v] from x_inner: two GEMMs, the gate weights folded into the block-diagonal
+        q/k/v weights (the gates' share of q is x_conv (Wq Gq) + bq Gq), so neither the (B, T, 3 inner) gate input
+        nor GEMMs with NH outputs are formed; this is the layout `kernels.mlstm_packed` takes. The folded weights
+        take ~13 small kernels forward and about as many backward (eager ViL is launch-bound); inference reuses
+        them (`_folded_weights`)."""
+        w_conv, b_conv, w_inner, b_inner = self._folded_weights()
+        return _linear_2d(x_conv, w_conv.t(), b_conv), _linear_2d(x_inner, w_inner.t(), b_inner)
 
     def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """`_fold_weights()`; without autograd (inference) kept until a parameter changes (an in-place update bumps
@@ -203,9 +204,17 @@ class mLSTMPreUpLayer(nn.Module):
             if grid is None:
                 raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
             x_conv, conv_state = self.conv.conv_silu(x_inner, grid, self.cfg.backend), None
-        q, k, v, igate, fgate = self._projections(x_conv, x_inner)
-        h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), igate, fgate,
-                                       None if state is None else state.cell, return_state)
+        packed = (self.cfg.dense_qkv and state is None and not return_state
+                  and sequence_form(self.cfg, x.shape[1], x.device) == "parallel")
+        if packed:  # the cell's backward then writes the two GEMMs' output gradients whole (no concatenation)
+            head_dim = self.cfg.inner_dim // NH
+            h = mlstm_packed(*self._packed_projections(x_conv, x_inner), num_heads=NH, head_dim_qk=head_dim,
+                             head_dim_v=head_dim, variant=self.cfg.mlstm_variant, backend=self.cfg.backend)
+            cell_state = None
+        else:
+            q, k, v, igate, fgate = self._projections(x_conv, x_inner)
+            h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), igate, fgate,
+                                           None if state is None else state.cell, return_state)
         h = norm_skip_gate(h, x_conv, z, self.norm.weight, self.norm_bias, self.skip, eps=self.norm.eps,
                            backend=self.cfg.backend)
         y = self.dropout(self.proj_down(h))

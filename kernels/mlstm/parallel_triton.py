@@ -75,14 +75,23 @@ def _sliced_tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int,
 
 
 @triton.jit
-def _gate_kernel(IG, FG, G, MX, M, S, NH, si_b, si_h, si_s, sf_b, sf_h, sf_s, SIG: tl.constexpr,
-                 BS: tl.constexpr):
+def _gate_share(ptr, b, hd, offs, mask, s_b, s_h, s_s):
+    return tl.load(ptr + b * s_b + hd * s_h + offs * s_s, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _gate_kernel(IG, FG, IG2, FG2, G, MX, M, S, NH, si_b, si_h, si_s, sf_b, sf_h, sf_s, si2_b, si2_h, si2_s,
+                 sf2_b, sf2_h, sf2_s, SIG: tl.constexpr, TWO_SHARES: tl.constexpr, BS: tl.constexpr):
+    """g, mx and m per sequence; the gate pre-activations are IG / FG, plus IG2 / FG2 with TWO_SHARES."""
     bh = tl.program_id(0)
     b, hd = bh // NH, bh % NH
     offs = tl.arange(0, BS)
     mask = offs < S
-    f = tl.load(FG + b * sf_b + hd * sf_h + offs * sf_s, mask=mask, other=0.0).to(tl.float32)
-    li = tl.load(IG + b * si_b + hd * si_h + offs * si_s, mask=mask, other=0.0).to(tl.float32)
+    f = _gate_share(FG, b, hd, offs, mask, sf_b, sf_h, sf_s)
+    li = _gate_share(IG, b, hd, offs, mask, si_b, si_h, si_s)
+    if TWO_SHARES:
+        f += _gate_share(FG2, b, hd, offs, mask, sf2_b, sf2_h, sf2_s)
+        li += _gate_share(IG2, b, hd, offs, mask, si2_b, si2_h, si2_s)
     if SIG:
         li = logsigmoid(li)
     f_cum = tl.cumsum(tl.where(mask, logsigmoid(f), 0.0), axis=0)
@@ -413,6 +422,46 @@ def _dkdv_head_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, 
     tl.store(KDK + bh * S + offs_c, kdk, mask=mask_c)
 
 
+@triton.jit
+def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_QK, C_V, SIG: tl.constexpr,
+                             BS: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr):
+    """The gate gradients of one sequence (all heads), written into both packed gradients (the gates are the sums of
+    their shares in QK and V, at columns C_QK + [head | NH + head] and C_V + ...), and zeros into the padding
+    columns after them: d log i_s = k_s . dk_s and d F_t = q_t . dq_t - k_t . dk_t, where log f_r enters every
+    F_t with t >= r. Tokens run along the tile's rows, heads along its columns, so each token's gate columns are
+    read and written together."""
+    b = tl.program_id(0).to(tl.int64)
+    offs, heads = tl.arange(0, BS), tl.arange(0, BH)
+    mask = (offs < S)[:, None] & (heads < NH)[None, :]
+    rows = (b * NH + heads[None, :]) * S + offs[:, None]
+    kdk = tl.load(KDK + rows, mask=mask, other=0.0)
+    d_lf = tl.cumsum(tl.load(QDQ + rows, mask=mask, other=0.0) - kdk, axis=0, reverse=True)
+    qk_gates = QK + (b * S + offs[:, None]) * W_QK + C_QK + heads[None, :]
+    v_gates = V + (b * S + offs[:, None]) * W_V + C_V + heads[None, :]
+    f = (tl.load(qk_gates + NH, mask=mask, other=0.0).to(tl.float32)
+         + tl.load(v_gates + NH, mask=mask, other=0.0).to(tl.float32))
+    di = kdk
+    if SIG:
+        i = tl.load(qk_gates, mask=mask, other=0.0).to(tl.float32) + tl.load(v_gates, mask=mask, other=0.0).to(
+            tl.float32)
+        di = kdk * tl.sigmoid(-i)
+    df = d_lf * tl.sigmoid(-f)
+    _store_gate_grads(DQK + (b * S + offs) * W_QK + C_QK, W_QK - C_QK, di, df, offs < S, heads, NH, BS, BP)
+    _store_gate_grads(DV_OUT + (b * S + offs) * W_V + C_V, W_V - C_V, di, df, offs < S, heads, NH, BS, BP)
+
+
+@triton.jit
+def _store_gate_grads(rows, width, di, df, mask_s, heads, NH, BS: tl.constexpr, BP: tl.constexpr):
+    """di, df (tokens x heads) at columns heads and NH + heads of `rows` (pointers to each token's gate columns),
+    zeros at the padding columns from 2 NH up to `width`."""
+    mask = mask_s[:, None] & (heads < NH)[None, :]
+    tl.store(rows[:, None] + heads[None, :], di.to(rows.dtype.element_ty), mask=mask)
+    tl.store(rows[:, None] + NH + heads[None, :], df.to(rows.dtype.element_ty), mask=mask)
+    pad = 2 * NH + tl.arange(0, BP)
+    tl.store(rows[:, None] + pad[None, :], tl.zeros((BS, BP), dtype=rows.dtype.element_ty),
+             mask=mask_s[:, None] & (pad < width)[None, :])
+
+
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
     """(batch, head, sequence) strides of a (B, NH, S, D) tensor."""
     return x.stride(0), x.stride(1), x.stride(2)
@@ -424,17 +473,15 @@ def _bsnd(like: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(B, S, NH, d, device=like.device, dtype=dtype).transpose(1, 2)
 
 
-@torch.library.custom_op("xlstm_kit::mlstm_parallel_fwd", mutates_args=())
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor, fgate: torch.Tensor, sig: bool,
-             normalize: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                   torch.Tensor]:
-    """h (B, NH, S, DHV) and the per-row fp32 values the backward needs: g, mx, alpha, gamma, each (B, NH, S).
-    Not exported: `mlstm_parallel_triton` is the entry point."""
+def _launch_forward(q, k, v, gates, sig: bool, normalize: bool, eps: float):
+    """h (B, NH, S, DHV) stored as (B, S, NH, DHV), and g, mx, alpha, gamma (B, NH, S). `gates` holds the
+    (igate, fgate) views, or two such pairs whose sums are the gates."""
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     g, mx, m, alpha, gamma = (q.new_empty(B, NH, S, dtype=torch.float32) for _ in range(5))
-    _gate_kernel[(B * NH,)](igate, fgate, g, mx, m, S, NH, *igate.stride(), *fgate.stride(), SIG=sig,
-                            BS=pow2_block(S))
+    shares = gates if len(gates) == 4 else (*gates, *gates)
+    _gate_kernel[(B * NH,)](*shares, g, mx, m, S, NH, *(st for x in shares for st in x.stride()), SIG=sig,
+                            TWO_SHARES=len(gates) == 4, BS=pow2_block(S))
     h = _bsnd(q, DV, q.dtype)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(h))
     common = dict(SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype))
@@ -452,24 +499,12 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Ten
     return h, g, mx, alpha, gamma
 
 
-@_forward.register_fake
-def _(q, k, v, igate, fgate, sig, normalize, eps):
-    B, NH, S, _ = q.shape
-    row = lambda: q.new_empty(B, NH, S, dtype=torch.float32)
-    return _bsnd(q, v.shape[-1], q.dtype), row(), row(), row(), row()
-
-
-@torch.library.custom_op("xlstm_kit::mlstm_parallel_bwd", mutates_args=())
-def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
-              mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                    torch.Tensor, torch.Tensor,
-                                                                                    torch.Tensor]:
-    """dq, dk, dv and the fp32 row-dots q . dq, k . dk (B, NH, S) from which the gate gradients follow."""
+def _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write dq, dk, dv (any strides) and return the fp32 row-dots q . dq and k . dk (B, NH, S)."""
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
     if dh.stride(-1) != 1:
         dh = dh.contiguous()
-    dq, dk, dv = _bsnd(q, DK, q.dtype), _bsnd(k, DK, k.dtype), _bsnd(v, DV, v.dtype)
     delta = torch.empty(B, NH, S, device=q.device, dtype=torch.float32)
     dq_args = (dh, h, k, v, dq, q, g, mx, alpha, gamma, delta)
     dq_strides = (*_strides(dh), *_strides(h), *_strides(k), *_strides(v), *_strides(dq), *_strides(q))
@@ -487,7 +522,7 @@ def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         _dkdv_head_kernel[(triton.cdiv(S, bj), B * NH)](
             *dkdv_args, kdk, S, NH, DK, DV, *dkdv_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, XA=xa,
             XB=xb, num_warps=warps, num_stages=stages)
-        return dq, dk, dv, qdq, kdk
+        return qdq, kdk
     br, bj, bd, bx, warps, stages = _sliced_tiles("dq", DK, DV)
     n_xq = triton.cdiv(DK, bx)
     qdq = torch.empty(n_xq, B, NH, S, device=q.device, dtype=torch.float32)
@@ -500,7 +535,35 @@ def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     _dkdv_kernel[(triton.cdiv(S, bj) * n_x, B * NH)](
         *dkdv_args, kdk, S, NH, DK, DV, *dkdv_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, BD=bd, BX=bx,
         num_warps=warps, num_stages=stages)
-    return dq, dk, dv, qdq.sum(0), kdk.sum(0)
+    return qdq.sum(0), kdk.sum(0)
+
+
+@torch.library.custom_op("xlstm_kit::mlstm_parallel_fwd", mutates_args=())
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor, fgate: torch.Tensor, sig: bool,
+             normalize: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor]:
+    """h (B, NH, S, DHV) and the per-row fp32 values the backward needs: g, mx, alpha, gamma, each (B, NH, S).
+    Not exported: `mlstm_parallel_triton` is the entry point."""
+    return _launch_forward(q, k, v, (igate, fgate), sig, normalize, eps)
+
+
+@_forward.register_fake
+def _(q, k, v, igate, fgate, sig, normalize, eps):
+    B, NH, S, _ = q.shape
+    row = lambda: q.new_empty(B, NH, S, dtype=torch.float32)
+    return _bsnd(q, v.shape[-1], q.dtype), row(), row(), row(), row()
+
+
+@torch.library.custom_op("xlstm_kit::mlstm_parallel_bwd", mutates_args=())
+def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
+              mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                    torch.Tensor, torch.Tensor,
+                                                                                    torch.Tensor]:
+    """dq, dk, dv and the fp32 row-dots q . dq, k . dk (B, NH, S) from which the gate gradients follow."""
+    DK, DV = q.shape[-1], v.shape[-1]
+    dq, dk, dv = _bsnd(q, DK, q.dtype), _bsnd(k, DK, k.dtype), _bsnd(v, DV, v.dtype)
+    qdq, kdk = _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv)
+    return dq, dk, dv, qdq, kdk
 
 
 @_backward.register_fake
@@ -528,6 +591,72 @@ def _autograd_backward(ctx, dh, *_):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _unpack(qk: torch.Tensor, v: torch.Tensor, num_heads: int, dk: int, dv: int):
+    """q, k, v as (B, NH, S, D) views of packed projections, and the gate shares (igate, fgate) of each, (B, NH, S)."""
+    inner_qk, inner_v = num_heads * dk, num_heads * dv
+    heads = lambda x, d: x.unflatten(-1, (num_heads, d)).transpose(1, 2)
+    gate_views = lambda x, c: (x[..., c : c + num_heads].transpose(1, 2),
+                               x[..., c + num_heads : c + 2 * num_heads].transpose(1, 2))
+    return (heads(qk[..., :inner_qk], dk), heads(qk[..., inner_qk : 2 * inner_qk], dk), heads(v[..., :inner_v], dv),
+            (*gate_views(qk, 2 * inner_qk), *gate_views(v, inner_v)))
+
+
+@torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_fwd", mutates_args=())
+def _packed_forward(qk: torch.Tensor, v: torch.Tensor, num_heads: int, dk: int, dv: int, sig: bool, normalize: bool,
+                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_forward` on packed projections (see `mlstm_parallel_packed_triton`); h as (B, S, NH, DHV)."""
+    q, k, vv, shares = _unpack(qk, v, num_heads, dk, dv)
+    h, *rows = _launch_forward(q, k, vv, shares, sig, normalize, eps)
+    return h.transpose(1, 2), *rows
+
+
+@_packed_forward.register_fake
+def _(qk, v, num_heads, dk, dv, sig, normalize, eps):
+    B, S = qk.shape[:2]
+    row = lambda: qk.new_empty(B, num_heads, S, dtype=torch.float32)
+    return qk.new_empty(B, S, num_heads, dv), row(), row(), row(), row()
+
+
+@torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_bwd", mutates_args=())
+def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
+                     mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, num_heads: int, dk: int, dv: int,
+                     sig: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of both packed projections, each written whole by the kernels (q, k, v columns by the backward
+    kernels, gate and padding columns by `_packed_gate_grad_kernel`), so no concatenation follows."""
+    B, S = qk.shape[:2]
+    d_qk, d_v = torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
+        v, memory_format=torch.contiguous_format)
+    q, k, vv, _ = _unpack(qk, v, num_heads, dk, dv)
+    dq, dkk, dvv, _ = _unpack(d_qk, d_v, num_heads, dk, dv)
+    qdq, kdk = _launch_backward(dh.transpose(1, 2), q, k, vv, h.transpose(1, 2), g, mx, alpha, gamma, dq, dkk, dvv)
+    pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
+    _packed_gate_grad_kernel[(B,)](
+        qdq, kdk, qk.contiguous(), v.contiguous(), d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1],
+        2 * num_heads * dk, num_heads * dv, SIG=sig, BS=pow2_block(S), BH=pow2_block(num_heads, low=1),
+        BP=pow2_block(pad, low=1))
+    return d_qk, d_v
+
+
+@_packed_backward.register_fake
+def _(dh, qk, v, h, g, mx, alpha, gamma, num_heads, dk, dv, sig):
+    return (torch.empty_like(qk, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qk, v, ctx.num_heads, ctx.dk, ctx.dv, ctx.sig, _, _ = inputs
+    ctx.save_for_backward(qk, v, *output)
+
+
+def _packed_autograd_backward(ctx, dh, *_):
+    qk, v, h, g, mx, alpha, gamma = ctx.saved_tensors
+    d_qk, d_v = _packed_backward(dh, qk, v, h, g, mx, alpha, gamma, ctx.num_heads, ctx.dk, ctx.dv, ctx.sig)
+    return d_qk, d_v, None, None, None, None, None, None
+
+
+_packed_forward.register_autograd(_packed_autograd_backward, setup_context=_packed_setup_context)
 
 
 def _vector_aligned(x: torch.Tensor) -> torch.Tensor:
@@ -561,4 +690,17 @@ def mlstm_parallel_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, iga
     return _forward(q, k, v, igate, fgate, variant == "sig", normalize, float(eps))[0]
 
 
-__all__ = ["MAX_LEN", "mlstm_parallel_triton"]
+def mlstm_parallel_packed_triton(qk: torch.Tensor, v: torch.Tensor, *, num_heads: int, head_dim_qk: int,
+                                 head_dim_v: int, variant: str = "exp", normalize: bool = True,
+                                 eps: float = 1e-6) -> torch.Tensor:
+    """`mlstm_parallel_triton` on packed projections (layout: `kernels.mlstm.mlstm_packed`); returns h
+    (B, S, NH, DHV). The backward writes each packed gradient whole (gate columns included, padding zero)."""
+    S = qk.shape[1]
+    if S > MAX_LEN:
+        raise ValueError(f"the fused parallel mLSTM takes sequences of at most {MAX_LEN} tokens, got S={S}")
+    if qk.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"the Triton mLSTM kernels take fp16/bf16/fp32 inputs, got {qk.dtype}")
+    return _packed_forward(qk, v, num_heads, head_dim_qk, head_dim_v, variant == "sig", normalize, float(eps))[0]
+
+
+__all__ = ["MAX_LEN", "mlstm_parallel_packed_triton", "mlstm_parallel_triton"]

@@ -158,3 +158,63 @@ def test_gpu_under_torch_compile_without_graph_breaks():
     assert_close(h, h_eager, torch.bfloat16, "h", 0.1)
     for name, a, b in zip(GRAD_NAMES, grads, grads_eager):
         assert_close(a, b, torch.bfloat16, name, 0.1, atol=1e-5)
+
+
+PACKED_CASES = [  # S, NH, DHQK, DHV, padding columns of qk and v, variant, dtype
+    (50, 2, 16, 32, 8, 4, "exp", torch.float32),
+    (33, 2, 48, 48, 0, 16, "sig", torch.float32),
+    (20, 1, 96, 96, 16, 16, "exp", torch.float16),  # the sliced kernels
+]
+
+
+def check_packed(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype, device="cpu", B=1):
+    """mlstm_packed on [q | k | gate shares | padding] and [v | gate shares | padding] buffers against the
+    reference on the unpacked views: h and the gradients of both buffers, the padding's gradient written as zeros
+    (outputs are allocated NaN-filled here, so a column the kernels skip would show)."""
+    from kernels import mlstm_packed
+
+    g = torch.Generator().manual_seed(S)
+    qk = torch.randn(B, S, 2 * NH * (DK + 1) + pad_qk, generator=g)
+    v = torch.randn(B, S, NH * (DV + 2) + pad_v, generator=g)
+    qk[..., 2 * NH * DK + NH : 2 * NH * (DK + 1)] += 1.5  # forget-gate shares: gates mostly open
+    v[..., NH * DV + NH : NH * (DV + 2)] += 1.5
+    leaves = [qk.to(device, dtype).requires_grad_(), v.to(device, dtype).requires_grad_()]
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    kw = dict(num_heads=NH, head_dim_qk=DK, head_dim_v=DV, variant=variant)
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
+    h = mlstm_packed(*leaves, **kw, backend="triton")
+    hr = mlstm_packed(*ref_leaves, **kw, backend="torch")
+    assert h.shape == (B, S, NH, DV) and h.dtype == dtype
+    weight = torch.randn(h.shape, generator=g).to(device)
+    grads = torch.autograd.grad((h.float() * weight).sum(), leaves)
+    grads_r = torch.autograd.grad((hr * weight).sum(), ref_leaves)
+    assert_close(h, hr, dtype, "h", atol=1e-4 if dtype == torch.bfloat16 else 1e-5)
+    for name, grad, grad_r in zip(("dqk", "dv"), grads, grads_r):
+        assert_close(grad, grad_r, dtype, name, 2.0, atol=1e-4 if dtype == torch.bfloat16 else 1e-5)
+    assert (grads[0][..., 2 * NH * (DK + 1) :] == 0).all() and (grads[1][..., NH * (DV + 2) :] == 0).all()
+
+
+@pytest.mark.parametrize("S,NH,DK,DV,pad_qk,pad_v,variant,dtype", PACKED_CASES)
+def test_packed_projections_match_the_unpacked_reference(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype):
+    check_packed(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_gpu_packed_bf16_vil_tiny_layout(monkeypatch, variant):
+    """ViL-T's packed layer outputs (196 tokens, 4 heads of 96; widths 784 and 400) in bf16."""
+    check_packed(monkeypatch, 196, 4, 96, 96, 8, 8, variant, torch.bfloat16, device="cuda", B=4)
+
+
+def test_packed_projections_reject_bad_layouts():
+    from kernels import mlstm_packed
+
+    qk, v = torch.zeros(1, 4, 2 * 2 * 9), torch.zeros(1, 4, 2 * 10)
+    mlstm_packed(qk, v, num_heads=2, head_dim_qk=8, head_dim_v=8, backend="torch")
+    with pytest.raises(ValueError, match="at least"):
+        mlstm_packed(qk[..., :-1], v, num_heads=2, head_dim_qk=8, head_dim_v=8)
+    with pytest.raises(ValueError, match=r"\(B, S, W_v\)"):
+        mlstm_packed(qk, v[:, :3], num_heads=2, head_dim_qk=8, head_dim_v=8)
+    with pytest.raises(ValueError, match="one dtype"):
+        mlstm_packed(qk, v.double(), num_heads=2, head_dim_qk=8, head_dim_v=8)

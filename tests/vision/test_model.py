@@ -72,10 +72,13 @@ def test_bilateral_pooling_uses_first_and_last_token_only():
     torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), expected)
 
 
-def test_dense_qkv_path_matches_block_diagonal_einsum():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dense_qkv_path_matches_block_diagonal_einsum(backend):
     """The fused path (dense q/k/v weights with the gate weights folded in) computes the literal layer: same
-    outputs and same gradients, with every parameter random (the gates' weights start at zero)."""
-    dense, blocks = small_vil(dense_qkv=True), small_vil(dense_qkv=False)
+    outputs and same gradients, with every parameter random (the gates' weights start at zero). On the Triton
+    backend the cell runs on the two GEMMs' packed outputs (kernels.mlstm_packed), whose backward writes their
+    gradients, gate columns included, itself."""
+    dense, blocks = small_vil(dense_qkv=True, backend=backend), small_vil(dense_qkv=False)
     with torch.no_grad():
         for p in dense.parameters():
             p.copy_(0.3 * torch.randn_like(p))
@@ -168,13 +171,21 @@ def test_parallel_form_matches_chunkwise():
 def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
     from xlstm_core import mlstm_layer
 
-    forms, original = [], mlstm_layer.mlstm
+    forms, original, original_packed = [], mlstm_layer.mlstm, mlstm_layer.mlstm_packed
 
     def recording_mlstm(*args, form, **kwargs):
         forms.append(form)
         return original(*args, form=form, **kwargs)
 
-    monkeypatch.setattr(mlstm_layer, "mlstm", recording_mlstm)
+    def recording_packed(*args, **kwargs):  # the parallel form on the packed projections
+        forms.append("parallel")
+        return original_packed(*args, **kwargs)
+
+    def record():
+        monkeypatch.setattr(mlstm_layer, "mlstm", recording_mlstm)
+        monkeypatch.setattr(mlstm_layer, "mlstm_packed", recording_packed)
+
+    record()
     model = small_vil(depth=1)
     x = torch.randn(1, 3, 16, 16)
     eager = model(x)
@@ -183,7 +194,7 @@ def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
     assert forms == ["chunkwise", "parallel"]
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
     monkeypatch.undo()
-    monkeypatch.setattr(mlstm_layer, "mlstm", recording_mlstm)
+    record()
     fused = small_vil(depth=1, backend="triton")  # the fused Triton kernel, eagerly (interpreter on CPU)
     fused.load_state_dict(model.state_dict())
     torch.testing.assert_close(fused(x), eager, atol=1e-5, rtol=1e-4)
