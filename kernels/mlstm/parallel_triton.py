@@ -135,8 +135,10 @@ def _decay(g_cols, mx_rows, offs_rows, offs_cols, mask_rows, mask_cols):
 
 
 @triton.jit
-def _normaliser(qn, m_r, eps, SIG: tl.constexpr, NORMALIZE: tl.constexpr, BR: tl.constexpr):
-    """alpha (the inverse of the clipped normaliser) and gamma (its derivative's share of dS) per row."""
+def _normalise_rows(qn, M, ALPHA, GAMMA, bh, S, offs_r, mask_r, store, eps, SIG: tl.constexpr,
+                    NORMALIZE: tl.constexpr, BR: tl.constexpr):
+    """alpha (the inverse of the clipped normaliser) per row; where `store`, alpha and gamma (its derivative's share
+    of dS) are written for the backward."""
     if SIG:
         if NORMALIZE:
             alpha = 1.0 / (tl.maximum(tl.abs(qn), 1.0) + eps)
@@ -145,11 +147,15 @@ def _normaliser(qn, m_r, eps, SIG: tl.constexpr, NORMALIZE: tl.constexpr, BR: tl
             alpha = tl.full((BR,), 1.0, tl.float32)
             active = tl.zeros((BR,), dtype=tl.int1)
     else:
+        m_r = tl.load(M + bh * S + offs_r, mask=mask_r, other=0.0)
         e = tl.exp(-tl.abs(m_r))  # exp(-m) for m >= 0, exp(m) for m < 0: never above 1
         alpha = tl.where(m_r < 0, e / (tl.maximum(tl.abs(qn) * e, 1.0) + eps * e),
                          1.0 / (tl.maximum(tl.abs(qn), e) + eps))
         active = tl.where(m_r < 0, tl.abs(qn) * e > 1.0, tl.abs(qn) > e)
-    return alpha, tl.where(active, tl.where(qn > 0, -alpha, alpha), 0.0)
+    if store:
+        tl.store(ALPHA + bh * S + offs_r, alpha, mask=mask_r)
+        tl.store(GAMMA + bh * S + offs_r, tl.where(active, tl.where(qn > 0, -alpha, alpha), 0.0), mask=mask_r)
+    return alpha
 
 
 @triton.jit
@@ -181,13 +187,9 @@ def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
         qn += tl.sum(scores, axis=1)
         v = _tile(v_ptr, offs_j, mask_j, sv_s, offs_x, DV)
         acc = tl.dot(scores.to(v.dtype), v, acc, input_precision=PRECISION)
-    m_r = tl.load(M + bh * S + offs_r, mask=mask_r, other=0.0)
-    alpha, gamma = _normaliser(qn, m_r, eps, SIG, NORMALIZE, BR)
+    alpha = _normalise_rows(qn, M, ALPHA, GAMMA, bh, S, offs_r, mask_r, xb == 0, eps, SIG, NORMALIZE, BR)
     tl.store(h_ptr + offs_r[:, None] * sh_s + offs_x[None, :], (acc * alpha[:, None]).to(H.dtype.element_ty),
              mask=mask_r[:, None] & (offs_x < DV)[None, :])
-    if xb == 0:
-        tl.store(ALPHA + bh * S + offs_r, alpha, mask=mask_r)
-        tl.store(GAMMA + bh * S + offs_r, gamma, mask=mask_r)
 
 
 @triton.jit
@@ -236,6 +238,18 @@ def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, D
 
 
 @triton.jit
+def _dkdv_rows(MX, ALPHA, DELTA, bh, S, t0, g_c, offs_c, mask_c, BR: tl.constexpr):
+    """Rows t0 .. t0 + BR of a dk / dv loop: their offsets and mask, alpha and delta, and the decay (columns s of the
+    program's tile, rows t)."""
+    offs_t = t0 + tl.arange(0, BR)
+    mask_t = offs_t < S
+    mx_t = tl.load(MX + bh * S + offs_t, mask=mask_t, other=0.0)
+    alpha = tl.load(ALPHA + bh * S + offs_t, mask=mask_t, other=0.0)
+    delta = tl.load(DELTA + bh * S + offs_t, mask=mask_t, other=0.0)
+    return offs_t, mask_t, alpha, delta, tl.trans(_decay(g_c, mx_t, offs_t, offs_c, mask_t, mask_c))
+
+
+@triton.jit
 def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, DK, DV,
                  sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdh_b, sdh_h, sdh_s,
                  sdk_b, sdk_h, sdk_s, sdv_b, sdv_h, sdv_s, scale, PRECISION: tl.constexpr,
@@ -256,12 +270,7 @@ def _dkdv_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, NH, D
     acc_k = tl.zeros((BJ, BX), dtype=tl.float32)
     acc_v = tl.zeros((BJ, BX), dtype=tl.float32)
     for t0 in range(c0 - c0 % BR, S, BR):
-        offs_t = t0 + tl.arange(0, BR)
-        mask_t = offs_t < S
-        mx_t = tl.load(MX + bh * S + offs_t, mask=mask_t, other=0.0)
-        alpha = tl.load(ALPHA + bh * S + offs_t, mask=mask_t, other=0.0)
-        delta = tl.load(DELTA + bh * S + offs_t, mask=mask_t, other=0.0)
-        decay = tl.trans(_decay(g_c, mx_t, offs_t, offs_c, mask_t, mask_c))  # (columns s, rows t)
+        offs_t, mask_t, alpha, delta, decay = _dkdv_rows(MX, ALPHA, DELTA, bh, S, t0, g_c, offs_c, mask_c, BR)
         dh = _tile(dh_ptr, offs_t, mask_t, sdh_s, offs_x, DV)
         q = _tile(q_ptr, offs_t, mask_t, sq_s, offs_x, DK)
         scores = _dot_rows(k_ptr, offs_c, mask_c, sk_s, q_ptr, offs_t, mask_t, sq_s, DK, PRECISION, BD, BJ,
@@ -336,11 +345,8 @@ def _fwd_head_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
         v1, v2 = _parts(v_ptr, offs_j, mask_j, sv_s, DV, XA, XB)
         acc1 = tl.dot(scores.to(v1.dtype), v1, acc1, input_precision=PRECISION)
         acc2 = tl.dot(scores.to(v2.dtype), v2, acc2, input_precision=PRECISION)
-    m_r = tl.load(M + bh * S + offs_r, mask=mask_r, other=0.0)
-    alpha, gamma = _normaliser(qn, m_r, eps, SIG, NORMALIZE, BR)
+    alpha = _normalise_rows(qn, M, ALPHA, GAMMA, bh, S, offs_r, mask_r, True, eps, SIG, NORMALIZE, BR)
     _store_parts(h_ptr, offs_r, mask_r, sh_s, DV, acc1 * alpha[:, None], acc2 * alpha[:, None], XA, XB)
-    tl.store(ALPHA + bh * S + offs_r, alpha, mask=mask_r)
-    tl.store(GAMMA + bh * S + offs_r, gamma, mask=mask_r)
 
 
 @triton.jit
@@ -401,12 +407,7 @@ def _dkdv_head_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, 
     acc_v1 = tl.zeros((BJ, XA), dtype=tl.float32)
     acc_v2 = tl.zeros((BJ, XB), dtype=tl.float32)
     for t0 in range(c0 - c0 % BR, S, BR):
-        offs_t = t0 + tl.arange(0, BR)
-        mask_t = offs_t < S
-        mx_t = tl.load(MX + bh * S + offs_t, mask=mask_t, other=0.0)
-        alpha = tl.load(ALPHA + bh * S + offs_t, mask=mask_t, other=0.0)
-        delta = tl.load(DELTA + bh * S + offs_t, mask=mask_t, other=0.0)
-        decay = tl.trans(_decay(g_c, mx_t, offs_t, offs_c, mask_t, mask_c))  # (columns s, rows t)
+        offs_t, mask_t, alpha, delta, decay = _dkdv_rows(MX, ALPHA, DELTA, bh, S, t0, g_c, offs_c, mask_c, BR)
         q1, q2 = _parts(q_ptr, offs_t, mask_t, sq_s, DK, XA, XB)
         dh1, dh2 = _parts(dh_ptr, offs_t, mask_t, sdh_s, DV, XA, XB)
         p = (_dot_parts(k1, k2, q1, q2, PRECISION) * scale * decay * alpha[None, :]).to(dh1.dtype)
