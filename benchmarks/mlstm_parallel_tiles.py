@@ -23,11 +23,12 @@ CANDIDATES = [(br, bj, warps, stages) for br, bj, warps, stages in
 
 
 def _inputs(B: int, NH: int, S: int, D: int, seed: int = 0):
-    """q, k, v as (B, NH, S, D) views of (B, S, NH, D) bf16 storage, gates (B, NH, S), and an output gradient."""
+    """q, k, v as (B, NH, S, D) views of (B, S, NH, D) bf16 storage, gates (B, NH, S), and a gradient of h as the
+    forward op returns it, (B, S, NH * D)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
     q, k, v = (rand(B, S, NH, D).bfloat16().transpose(1, 2) for _ in range(3))
-    return q, k, v, rand(B, NH, S), rand(B, NH, S) + 3.0, rand(B, S, NH, D).bfloat16().transpose(1, 2)
+    return q, k, v, rand(B, NH, S), rand(B, NH, S) + 3.0, rand(B, S, NH * D).bfloat16()
 
 
 def _rel_err(outs, refs) -> float:

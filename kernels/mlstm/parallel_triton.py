@@ -543,16 +543,21 @@ def _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv) -> tuple[t
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor, fgate: torch.Tensor, sig: bool,
              normalize: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                    torch.Tensor]:
-    """h (B, NH, S, DHV) and the per-row fp32 values the backward needs: g, mx, alpha, gamma, each (B, NH, S).
-    Not exported: `mlstm_parallel_triton` is the entry point."""
-    return _launch_forward(q, k, v, (igate, fgate), sig, normalize, eps)
+    """h (B, S, NH * DHV) and the per-row fp32 values the backward needs: g, mx, alpha, gamma, each (B, NH, S).
+    Not exported: `mlstm_parallel_triton` is the entry point.
+
+    h leaves the op 3-D: inductor's layout optimisation (on in graphs with convolutions, such as ViL's) gives a 4-D
+    tensor saved for the backward a channels-last copy, and for (B, S, NH, DHV) that is a token-fastest copy of h
+    (38.5 MB per ViL-T block, written with a 196-element stride)."""
+    h, *rows = _launch_forward(q, k, v, (igate, fgate), sig, normalize, eps)
+    return h.transpose(1, 2).flatten(2), *rows
 
 
 @_forward.register_fake
 def _(q, k, v, igate, fgate, sig, normalize, eps):
     B, NH, S, _ = q.shape
     row = lambda: q.new_empty(B, NH, S, dtype=torch.float32)
-    return _bsnd(q, v.shape[-1], q.dtype), row(), row(), row(), row()
+    return q.new_empty(B, S, NH * v.shape[-1]), row(), row(), row(), row()
 
 
 @torch.library.custom_op("xlstm_kit::mlstm_parallel_bwd", mutates_args=())
@@ -560,10 +565,12 @@ def _backward(dh: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
               mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                                                     torch.Tensor, torch.Tensor,
                                                                                     torch.Tensor]:
-    """dq, dk, dv and the fp32 row-dots q . dq, k . dk (B, NH, S) from which the gate gradients follow."""
-    DK, DV = q.shape[-1], v.shape[-1]
+    """dq, dk, dv and the fp32 row-dots q . dq, k . dk (B, NH, S) from which the gate gradients follow; h and dh
+    (B, S, NH * DHV) as the forward op returns h."""
+    NH, DK, DV = q.shape[1], q.shape[-1], v.shape[-1]
     dq, dk, dv = _bsnd(q, DK, q.dtype), _bsnd(k, DK, k.dtype), _bsnd(v, DV, v.dtype)
-    qdq, kdk = _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv)
+    heads = lambda x: x.unflatten(-1, (NH, DV)).transpose(1, 2)
+    qdq, kdk = _launch_backward(heads(dh), q, k, v, heads(h), g, mx, alpha, gamma, dq, dk, dv)
     return dq, dk, dv, qdq, kdk
 
 
@@ -607,17 +614,18 @@ def _unpack(qk: torch.Tensor, v: torch.Tensor, num_heads: int, dk: int, dv: int)
 @torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_fwd", mutates_args=())
 def _packed_forward(qk: torch.Tensor, v: torch.Tensor, num_heads: int, dk: int, dv: int, sig: bool, normalize: bool,
                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`_forward` on packed projections (see `mlstm_parallel_packed_triton`); h as (B, S, NH, DHV)."""
+    """`_forward` on packed projections (see `mlstm_parallel_packed_triton`); h as (B, S, NH * DHV) for the same
+    reason."""
     q, k, vv, shares = _unpack(qk, v, num_heads, dk, dv)
     h, *rows = _launch_forward(q, k, vv, shares, sig, normalize, eps)
-    return h.transpose(1, 2), *rows
+    return h.transpose(1, 2).flatten(2), *rows
 
 
 @_packed_forward.register_fake
 def _(qk, v, num_heads, dk, dv, sig, normalize, eps):
     B, S = qk.shape[:2]
     row = lambda: qk.new_empty(B, num_heads, S, dtype=torch.float32)
-    return qk.new_empty(B, S, num_heads, dv), row(), row(), row(), row()
+    return qk.new_empty(B, S, num_heads * dv), row(), row(), row(), row()
 
 
 @torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_bwd", mutates_args=())
@@ -631,7 +639,8 @@ def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: tor
         v, memory_format=torch.contiguous_format)
     q, k, vv, _ = _unpack(qk, v, num_heads, dk, dv)
     dq, dkk, dvv, _ = _unpack(d_qk, d_v, num_heads, dk, dv)
-    qdq, kdk = _launch_backward(dh.transpose(1, 2), q, k, vv, h.transpose(1, 2), g, mx, alpha, gamma, dq, dkk, dvv)
+    heads = lambda x: x.unflatten(-1, (num_heads, dv)).transpose(1, 2)
+    qdq, kdk = _launch_backward(heads(dh), q, k, vv, heads(h), g, mx, alpha, gamma, dq, dkk, dvv)
     pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
     _packed_gate_grad_kernel[(B,)](
         qdq, kdk, qk.contiguous(), v.contiguous(), d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1],
@@ -688,7 +697,8 @@ def mlstm_parallel_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, iga
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"the Triton mLSTM kernels take fp16/bf16/fp32 inputs, got {q.dtype}")
     q, k, v = (_vector_aligned(x) for x in (q, k, v))
-    return _forward(q, k, v, igate, fgate, variant == "sig", normalize, float(eps))[0]
+    h = _forward(q, k, v, igate, fgate, variant == "sig", normalize, float(eps))[0]
+    return h.unflatten(-1, (q.shape[1], v.shape[-1])).transpose(1, 2)
 
 
 def mlstm_parallel_packed_triton(qk: torch.Tensor, v: torch.Tensor, *, num_heads: int, head_dim_qk: int,
@@ -701,7 +711,8 @@ def mlstm_parallel_packed_triton(qk: torch.Tensor, v: torch.Tensor, *, num_heads
         raise ValueError(f"the fused parallel mLSTM takes sequences of at most {MAX_LEN} tokens, got S={S}")
     if qk.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"the Triton mLSTM kernels take fp16/bf16/fp32 inputs, got {qk.dtype}")
-    return _packed_forward(qk, v, num_heads, head_dim_qk, head_dim_v, variant == "sig", normalize, float(eps))[0]
+    h = _packed_forward(qk, v, num_heads, head_dim_qk, head_dim_v, variant == "sig", normalize, float(eps))[0]
+    return h.unflatten(-1, (num_heads, head_dim_v))
 
 
 __all__ = ["MAX_LEN", "mlstm_parallel_packed_triton", "mlstm_parallel_triton"]
