@@ -315,3 +315,30 @@ def test_input_validation():
         VisionLSTM(global_pool="max")
     with pytest.raises(ValueError, match="depth"):
         VisionLSTM(depth=0)
+
+
+def test_compiled_training_saves_the_cell_output_token_major():
+    """Inductor's layout optimisation (on for graphs with convolutions) may store a 4-D tensor saved for the backward
+    channels-last; for the cell's output h (B, T, NH, DH) that was a copy with the token dim fastest, written with
+    a stride of T elements (ViL-T on an H100: ~2.5 ms per training step). The fused cell ops return h 3-D, so no
+    saved tensor has the token dim fastest. Inductor on CPU with bf16 autocast and the layout optimisation forced
+    on (its heuristics are size-dependent), the Triton kernels under the interpreter."""
+    from torch._inductor import config
+
+    model = small_vil(embed_dim=64, backend="triton").train()
+    compiled = torch.compile(model)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    x = torch.randn(2, 3, 16, 16)
+    with config.patch(force_layout_optimization=True), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = compiled(x).float().square().sum()
+        loss.backward()
+    token_fastest = [(tuple(t.shape), t.stride()) for t in saved
+                     if t.dim() == 4 and t.shape[1] == 16 and t.stride(1) == 1 and t.shape[-1] > 1]
+    assert saved
+    assert not token_fastest, token_fastest
