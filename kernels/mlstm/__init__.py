@@ -9,6 +9,7 @@ import torch
 
 from kernels.dispatch import resolve_backend
 from kernels.mlstm import reference
+from kernels.mlstm.packed_layout import unpack
 from kernels.validation import check_mlstm_state, check_same_device, check_shape, check_tensor
 
 VARIANTS = ("exp", "sig")
@@ -119,8 +120,9 @@ def mlstm_packed(qk: torch.Tensor, v: torch.Tensor, *, num_heads: int, head_dim_
     v and the gates with two GEMMs holds them:
 
     qk (B, S, W_qk): columns [q | k | igate share | fgate share | padding], q and k NH * DHQK wide (head-major), the
-    shares NH wide; v (B, S, W_v): [v | igate share | fgate share | padding], v NH * DHV wide. The gate
-    pre-activations are the sums of the two shares. Returns h (B, S, NH, DHV).
+    shares NH wide; v (B, S, W_v): [v | igate share | fgate share | padding], v NH * DHV wide
+    (kernels/mlstm/packed_layout.py). The gate pre-activations are the sums of the two shares. Returns h
+    (B, S, NH, DHV).
 
     The same function as `mlstm(form="parallel")` on the unpacked views; on Triton (S <= 256) its backward writes the
     gradient of each packed input whole, so autograd needs no concatenation of the q / k / v / gate gradients (at
@@ -148,12 +150,8 @@ def mlstm_packed(qk: torch.Tensor, v: torch.Tensor, *, num_heads: int, head_dim_
         if S <= MAX_LEN:
             return mlstm_parallel_packed_triton(qk, v, num_heads=num_heads, head_dim_qk=head_dim_qk,
                                                 head_dim_v=head_dim_v, variant=variant, normalize=normalize, eps=eps)
-    inner_qk, inner_v = num_heads * head_dim_qk, num_heads * head_dim_v
-    heads = lambda x, d: x.unflatten(-1, (num_heads, d)).transpose(1, 2)
-    gates = qk[..., 2 * inner_qk : 2 * (inner_qk + num_heads)] + v[..., inner_v : inner_v + 2 * num_heads]
-    igate, fgate = (g.transpose(1, 2) for g in gates.chunk(2, dim=-1))
-    h = mlstm(heads(qk[..., :inner_qk], head_dim_qk), heads(qk[..., inner_qk : 2 * inner_qk], head_dim_qk),
-              heads(v[..., :inner_v], head_dim_v), igate=igate, fgate=fgate, variant=variant, form="parallel",
+    q, k, v_heads, (igate_qk, fgate_qk, igate_v, fgate_v) = unpack(qk, v, num_heads, head_dim_qk, head_dim_v)
+    h = mlstm(q, k, v_heads, igate=igate_qk + igate_v, fgate=fgate_qk + fgate_v, variant=variant, form="parallel",
               normalize=normalize, eps=eps, backend=backend)
     return h.transpose(1, 2)
 

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from kernels.dispatch import interpreter_enabled
 from kernels.mlstm.chunk_states_triton import logsigmoid, max_combine, pow2_block
+from kernels.mlstm.packed_layout import unpack
 
 MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to the chunkwise kernel
 
@@ -601,22 +602,12 @@ def _autograd_backward(ctx, dh, *_):
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _unpack(qk: torch.Tensor, v: torch.Tensor, num_heads: int, dk: int, dv: int):
-    """q, k, v as (B, NH, S, D) views of packed projections, and the gate shares (igate, fgate) of each, (B, NH, S)."""
-    inner_qk, inner_v = num_heads * dk, num_heads * dv
-    heads = lambda x, d: x.unflatten(-1, (num_heads, d)).transpose(1, 2)
-    gate_views = lambda x, c: (x[..., c : c + num_heads].transpose(1, 2),
-                               x[..., c + num_heads : c + 2 * num_heads].transpose(1, 2))
-    return (heads(qk[..., :inner_qk], dk), heads(qk[..., inner_qk : 2 * inner_qk], dk), heads(v[..., :inner_v], dv),
-            (*gate_views(qk, 2 * inner_qk), *gate_views(v, inner_v)))
-
-
 @torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_fwd", mutates_args=())
 def _packed_forward(qk: torch.Tensor, v: torch.Tensor, num_heads: int, dk: int, dv: int, sig: bool, normalize: bool,
                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_forward` on packed projections (see `mlstm_parallel_packed_triton`); h as (B, S, NH * DHV) for the same
     reason."""
-    q, k, vv, shares = _unpack(qk, v, num_heads, dk, dv)
+    q, k, vv, shares = unpack(qk, v, num_heads, dk, dv)
     h, *rows = _launch_forward(q, k, vv, shares, sig, normalize, eps)
     return h.transpose(1, 2).flatten(2), *rows
 
@@ -637,8 +628,8 @@ def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: tor
     B, S = qk.shape[:2]
     d_qk, d_v = torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
         v, memory_format=torch.contiguous_format)
-    q, k, vv, _ = _unpack(qk, v, num_heads, dk, dv)
-    dq, dkk, dvv, _ = _unpack(d_qk, d_v, num_heads, dk, dv)
+    q, k, vv, _ = unpack(qk, v, num_heads, dk, dv)
+    dq, dkk, dvv, _ = unpack(d_qk, d_v, num_heads, dk, dv)
     heads = lambda x: x.unflatten(-1, (num_heads, dv)).transpose(1, 2)
     qdq, kdk = _launch_backward(heads(dh), q, k, vv, heads(h), g, mx, alpha, gamma, dq, dkk, dvv)
     pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
