@@ -136,6 +136,15 @@ def _decay(g_cols, mx_rows, offs_rows, offs_cols, mask_rows, mask_cols):
 
 
 @triton.jit
+def _column_step(G, bh, S, j0, mx_r, offs_r, mask_r, BJ: tl.constexpr):
+    """Columns j0 .. j0 + BJ of a row tile's causal loop: their offsets and mask, and the decay (rows, columns)."""
+    offs_j = j0 + tl.arange(0, BJ)
+    mask_j = offs_j < S
+    g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+    return offs_j, mask_j, _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+
+
+@triton.jit
 def _normalise_rows(qn, M, ALPHA, GAMMA, bh, S, offs_r, mask_r, store, eps, SIG: tl.constexpr,
                     NORMALIZE: tl.constexpr, BR: tl.constexpr):
     """alpha (the inverse of the clipped normaliser) per row; where `store`, alpha and gamma (its derivative's share
@@ -180,11 +189,9 @@ def _fwd_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
     acc = tl.zeros((BR, BX), dtype=tl.float32)
     qn = tl.zeros((BR,), dtype=tl.float32)
     for j0 in range(0, tl.minimum(r0 + BR, S), BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        mask_j = offs_j < S
-        g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+        offs_j, mask_j, decay = _column_step(G, bh, S, j0, mx_r, offs_r, mask_r, BJ)
         scores = _dot_rows(q_ptr, offs_r, mask_r, sq_s, k_ptr, offs_j, mask_j, sk_s, DK, PRECISION, BD, BR, BJ)
-        scores = scores * scale * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+        scores = scores * scale * decay
         qn += tl.sum(scores, axis=1)
         v = _tile(v_ptr, offs_j, mask_j, sv_s, offs_x, DV)
         acc = tl.dot(scores.to(v.dtype), v, acc, input_precision=PRECISION)
@@ -221,11 +228,9 @@ def _dq_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, DK, D
     delta = tl.load(GAMMA + bh * S + offs_r, mask=mask_r, other=0.0) * dh_h
     acc = tl.zeros((BR, BX), dtype=tl.float32)
     for j0 in range(0, tl.minimum(r0 + BR, S), BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        mask_j = offs_j < S
-        g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+        offs_j, mask_j, decay = _column_step(G, bh, S, j0, mx_r, offs_r, mask_r, BJ)
         ds = _dot_rows(dh_ptr, offs_r, mask_r, sdh_s, v_ptr, offs_j, mask_j, sv_s, DV, PRECISION, BD, BR, BJ)
-        ds = (ds * alpha[:, None] + delta[:, None]) * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+        ds = (ds * alpha[:, None] + delta[:, None]) * decay
         k = _tile(k_ptr, offs_j, mask_j, sk_s, offs_x, DK)
         acc = tl.dot(ds.to(k.dtype), k, acc, input_precision=PRECISION)
     dq = acc * scale
@@ -337,11 +342,9 @@ def _fwd_head_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
     acc2 = tl.zeros((BR, XB), dtype=tl.float32)
     qn = tl.zeros((BR,), dtype=tl.float32)
     for j0 in range(0, r_end, BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        mask_j = offs_j < S
-        g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+        offs_j, mask_j, decay = _column_step(G, bh, S, j0, mx_r, offs_r, mask_r, BJ)
         k1, k2 = _parts(k_ptr, offs_j, mask_j, sk_s, DK, XA, XB)
-        scores = _dot_parts(q1, q2, k1, k2, PRECISION) * scale * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+        scores = _dot_parts(q1, q2, k1, k2, PRECISION) * scale * decay
         qn += tl.sum(scores, axis=1)
         v1, v2 = _parts(v_ptr, offs_j, mask_j, sv_s, DV, XA, XB)
         acc1 = tl.dot(scores.to(v1.dtype), v1, acc1, input_precision=PRECISION)
@@ -370,12 +373,9 @@ def _dq_head_kernel(DH, H, K, V, DQ, Q, G, MX, ALPHA, GAMMA, DELTA, QDQ, S, NH, 
     acc1 = tl.zeros((BR, XA), dtype=tl.float32)
     acc2 = tl.zeros((BR, XB), dtype=tl.float32)
     for j0 in range(0, r_end, BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        mask_j = offs_j < S
-        g_j = tl.load(G + bh * S + offs_j, mask=mask_j, other=0.0)
+        offs_j, mask_j, decay = _column_step(G, bh, S, j0, mx_r, offs_r, mask_r, BJ)
         v1, v2 = _parts(v_ptr, offs_j, mask_j, sv_s, DV, XA, XB)
-        ds = _dot_parts(dh1, dh2, v1, v2, PRECISION)
-        ds = (ds * alpha[:, None] + delta[:, None]) * _decay(g_j, mx_r, offs_r, offs_j, mask_r, mask_j)
+        ds = (_dot_parts(dh1, dh2, v1, v2, PRECISION) * alpha[:, None] + delta[:, None]) * decay
         k1, k2 = _parts(k_ptr, offs_j, mask_j, sk_s, DK, XA, XB)
         acc1 = tl.dot(ds.to(k1.dtype), k1, acc1, input_precision=PRECISION)
         acc2 = tl.dot(ds.to(k2.dtype), k2, acc2, input_precision=PRECISION)
@@ -425,21 +425,21 @@ def _dkdv_head_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, 
 
 
 @triton.jit
-def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_QK, C_V, SIG: tl.constexpr,
-                             BS: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr):
+def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_QK, C_V, sqk_b, sqk_s, sv_b, sv_s,
+                             SIG: tl.constexpr, BS: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr):
     """The gate gradients of one sequence (all heads), written into both packed gradients (the gates are the sums of
     their shares in QK and V, at columns C_QK + [head | NH + head] and C_V + ...), and zeros into the padding
     columns after them: d log i_s = k_s . dk_s and d F_t = q_t . dq_t - k_t . dk_t, where log f_r enters every
     F_t with t >= r. Tokens run along the tile's rows, heads along its columns, so each token's gate columns are
-    read and written together."""
+    read and written together. QK and V are read through their (batch, token) strides, the gradients are dense."""
     b = tl.program_id(0).to(tl.int64)
     offs, heads = tl.arange(0, BS), tl.arange(0, BH)
     mask = (offs < S)[:, None] & (heads < NH)[None, :]
     rows = (b * NH + heads[None, :]) * S + offs[:, None]
     kdk = tl.load(KDK + rows, mask=mask, other=0.0)
     d_lf = tl.cumsum(tl.load(QDQ + rows, mask=mask, other=0.0) - kdk, axis=0, reverse=True)
-    qk_gates = QK + (b * S + offs[:, None]) * W_QK + C_QK + heads[None, :]
-    v_gates = V + (b * S + offs[:, None]) * W_V + C_V + heads[None, :]
+    qk_gates = QK + b * sqk_b + offs[:, None] * sqk_s + C_QK + heads[None, :]
+    v_gates = V + b * sv_b + offs[:, None] * sv_s + C_V + heads[None, :]
     f = (tl.load(qk_gates + NH, mask=mask, other=0.0).to(tl.float32)
          + tl.load(v_gates + NH, mask=mask, other=0.0).to(tl.float32))
     di = kdk
@@ -634,8 +634,8 @@ def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: tor
     qdq, kdk = _launch_backward(heads(dh), q, k, vv, heads(h), g, mx, alpha, gamma, dq, dkk, dvv)
     pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
     _packed_gate_grad_kernel[(B,)](
-        qdq, kdk, qk.contiguous(), v.contiguous(), d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1],
-        2 * num_heads * dk, num_heads * dv, SIG=sig, BS=pow2_block(S), BH=pow2_block(num_heads, low=1),
+        qdq, kdk, qk, v, d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1], 2 * num_heads * dk, num_heads * dv,
+        qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), SIG=sig, BS=pow2_block(S), BH=pow2_block(num_heads, low=1),
         BP=pow2_block(pad, low=1))
     return d_qk, d_v
 
