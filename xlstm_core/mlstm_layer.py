@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +76,33 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 COLUMN_ALIGN = 16
 
 
+# The packed up-projection's width ([x_inner | z | v | gate shares], 1,168 columns at ViL-T) is padded to a multiple
+# of this many columns. Inductor pads the row stride of every buffer wider than 1,024 elements to a multiple of 128
+# bytes (`comprehensive_padding`); an unpadded width made it copy the GEMM's output into a padded buffer (ATen's addmm
+# then adds the bias in a separate pass) and copy the v and x_inner views back to the exact strides the custom ops
+# were traced with: ~0.2 ms per ViL-T block on an H100.
+UP_COLUMN_ALIGN = 64
+
+
 def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear over x's tokens as one 2-D product. x_inner is a strided half of the up-projection; as a 3-D input
     it went to a batched product with the weight broadcast (inductor: bmm, then the bias in a separate pass over the
     output, 0.6 ms per ViL-T inference step), while its (tokens, features) view is a plain GEMM with the bias fused."""
     return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).unflatten(0, x.shape[:-1])
+
+
+class FoldedWeights(NamedTuple):
+    """The pre-up layer's projections with the block-diagonal q/k/v and gate weights folded in (y = x w + b for the
+    (in, out) weights, F.linear(x, w_up, b_up) for the (out, in) up-projection): w_conv gives [q | k | their gate
+    shares] from the conv branch, w_inner [v | its gate shares] from the inner stream, and w_up [inner | z | v | its
+    gate shares | zero padding] straight from the layer input."""
+
+    w_conv: torch.Tensor
+    b_conv: torch.Tensor
+    w_inner: torch.Tensor
+    b_inner: torch.Tensor | None
+    w_up: torch.Tensor
+    b_up: torch.Tensor | None
 
 
 def _pad_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -155,26 +178,29 @@ class mLSTMPreUpLayer(nn.Module):
         nor GEMMs with NH outputs are formed; this is the layout `kernels.mlstm_packed` takes. The folded weights
         take ~13 small kernels forward and about as many backward (eager ViL is launch-bound); inference reuses
         them (`_folded_weights`)."""
-        w_conv, b_conv, w_inner, b_inner = self._folded_weights()
-        return _linear_2d(x_conv, w_conv.t(), b_conv), _linear_2d(x_inner, w_inner.t(), b_inner)
+        folded = self._folded_weights()
+        return (_linear_2d(x_conv, folded.w_conv.t(), folded.b_conv),
+                _linear_2d(x_inner, folded.w_inner.t(), folded.b_inner))
 
-    def _folded_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _folded_weights(self) -> FoldedWeights:
         """`_fold_weights()`; without autograd (inference) kept until a parameter changes (an in-place update bumps
         its version, a move or a load gives it new storage), so inference steps skip the small weight kernels.
-        The cache holds the dense folded weights: ~1.2 MB per ViL-T layer, ~28 MB per ViL-B layer (fp32). Traced
+        The cache holds the dense folded weights: ~1.6 MB per ViL-T layer, ~35 MB per ViL-B layer (fp32). Traced
         calls recompute: inductor folds them into its graph."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._fold_weights()
-        sources = [m.weight for m in (self.q, self.k, self.v, self.igate, self.fgate)]
-        sources += [m.bias for m in (self.q, self.k, self.v, self.igate, self.fgate) if m.bias is not None]
+        modules = (self.q, self.k, self.v, self.igate, self.fgate, self.proj_up)
+        sources = [m.weight for m in modules] + [m.bias for m in modules if m.bias is not None]
         key = tuple((p.data_ptr(), p._version) for p in sources)
         if getattr(self, "_folded_key", None) != key:
             self._folded, self._folded_key = self._fold_weights(), key
         return self._folded
 
-    def _fold_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(w_conv, b_conv, w_inner, b_inner) of `_projections`' two GEMMs, their columns padded with zeros to a
-        multiple of COLUMN_ALIGN (see there)."""
+    def _fold_weights(self) -> FoldedWeights:
+        """The folded weights, the columns of w_conv and w_inner padded with zeros to a multiple of COLUMN_ALIGN
+        (see there). v is linear in x_inner = x W_ui^T + b_ui, so w_up stacks the up-projection's rows and those
+        of (W_ui^T w_inner)^T, and b_up ends in b_ui w_inner + b_inner: v and its gate shares then come out of the
+        up-projection's GEMM (192 inputs at ViL-T) instead of a GEMM of their own over x_inner (384)."""
         inner, NH = self.cfg.inner_dim, self.cfg.num_heads
         w_qk, w_v = self._dense_qkv_weight().split([2 * inner, inner], dim=1)
         gate_w = torch.cat([self.igate.weight, self.fgate.weight]).t()  # (3 inner, 2 NH): rows read q, k, v
@@ -189,12 +215,37 @@ class mLSTMPreUpLayer(nn.Module):
             b_qk, b_v = b_qkv.split([2 * inner, inner])
             b_conv = torch.cat([b_qk, torch.addmv(b_gates, gate_w.t(), b_qkv)])
             b_inner = F.pad(b_v, (0, 2 * NH))
-        return (*_pad_columns(w_conv, b_conv), *_pad_columns(w_inner, b_inner))
+        w_conv, b_conv = _pad_columns(w_conv, b_conv)
+        w_inner, b_inner = _pad_columns(w_inner, b_inner)
+        w_up, b_up = self.proj_up.weight, self.proj_up.bias
+        w_up_v = w_inner.t() @ w_up[:inner]
+        if b_up is not None or b_inner is not None:
+            b_up = w_up.new_zeros(2 * inner) if b_up is None else b_up
+            b_v = b_up[:inner] @ w_inner
+            b_up = torch.cat([b_up, b_v if b_inner is None else b_v + b_inner])
+        extra = -(w_up.shape[0] + w_up_v.shape[0]) % UP_COLUMN_ALIGN
+        w_up = F.pad(torch.cat([w_up, w_up_v]), (0, 0, 0, extra))  # (out, in): padded with zero rows
+        b_up = None if b_up is None else F.pad(b_up, (0, extra))
+        return FoldedWeights(w_conv, b_conv, w_inner, b_inner, w_up, b_up)
+
+    def _takes_packed_path(self, x: torch.Tensor, state: LayerState | None, return_state: bool) -> bool:
+        """Whether the cell runs on packed projections (`kernels.mlstm_packed`): dense_qkv, the parallel form and no
+        state. Its backward then writes the GEMMs' output gradients whole (no concatenation)."""
+        return (self.cfg.dense_qkv and state is None and not return_state
+                and sequence_form(self.cfg, x.shape[1], x.device) == "parallel")
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None):
-        NH = self.cfg.num_heads
-        x_inner, z = self.proj_up(x).chunk(2, dim=-1)
+        NH, inner = self.cfg.num_heads, self.cfg.inner_dim
+        packed = self._takes_packed_path(x, state, return_state)
+        if packed:
+            folded = self._folded_weights()
+            up = _linear_2d(x, folded.w_up, folded.b_up)  # [x_inner | z | v | gate shares of v | padding]
+            x_inner, z = up[..., :inner], up[..., inner : 2 * inner]
+            # v's own width (16-column aligned): the packed op writes its padding's gradient, autograd the rest
+            v_gates = up[..., 2 * inner : 2 * inner + folded.w_inner.shape[1]]
+        else:
+            x_inner, z = self.proj_up(x).chunk(2, dim=-1)
         if isinstance(self.conv, CausalConv1d):
             x_conv, conv_state = self.conv(x_inner, None if state is None else state.conv)
             x_conv = F.silu(x_conv)
@@ -204,12 +255,11 @@ class mLSTMPreUpLayer(nn.Module):
             if grid is None:
                 raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
             x_conv, conv_state = self.conv.conv_silu(x_inner, grid, self.cfg.backend), None
-        packed = (self.cfg.dense_qkv and state is None and not return_state
-                  and sequence_form(self.cfg, x.shape[1], x.device) == "parallel")
-        if packed:  # the cell's backward then writes the two GEMMs' output gradients whole (no concatenation)
-            head_dim = self.cfg.inner_dim // NH
-            h = mlstm_packed(*self._packed_projections(x_conv, x_inner), num_heads=NH, head_dim_qk=head_dim,
-                             head_dim_v=head_dim, variant=self.cfg.mlstm_variant, backend=self.cfg.backend)
+        if packed:
+            head_dim = inner // NH
+            qk_gates = _linear_2d(x_conv, folded.w_conv.t(), folded.b_conv)
+            h = mlstm_packed(qk_gates, v_gates, num_heads=NH, head_dim_qk=head_dim, head_dim_v=head_dim,
+                             variant=self.cfg.mlstm_variant, backend=self.cfg.backend)
             cell_state = None
         else:
             q, k, v, igate, fgate = self._projections(x_conv, x_inner)

@@ -168,24 +168,25 @@ PACKED_CASES = [  # S, NH, DHQK, DHV, padding columns of qk and v, variant, dtyp
 ]
 
 
-def check_packed(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype, device="cpu", B=1):
+def check_packed(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype, device="cpu", B=1, v_offset=0):
     """mlstm_packed on [q | k | gate shares | padding] and [v | gate shares | padding] buffers against the
     reference on the unpacked views: h and the gradients of both buffers, the padding's gradient written as zeros
-    (outputs are allocated NaN-filled here, so a column the kernels skip would show)."""
+    (outputs are allocated NaN-filled here, so a column the kernels skip would show). With v_offset, the v buffer is
+    the columns from v_offset on of a wider tensor (the layer's up-projection), whose gradient is checked."""
     from kernels import mlstm_packed
 
     g = torch.Generator().manual_seed(S)
     qk = torch.randn(B, S, 2 * NH * (DK + 1) + pad_qk, generator=g)
-    v = torch.randn(B, S, NH * (DV + 2) + pad_v, generator=g)
+    v = torch.randn(B, S, v_offset + NH * (DV + 2) + pad_v, generator=g)
     qk[..., 2 * NH * DK + NH : 2 * NH * (DK + 1)] += 1.5  # forget-gate shares: gates mostly open
-    v[..., NH * DV + NH : NH * (DV + 2)] += 1.5
+    v[..., v_offset + NH * DV + NH : v_offset + NH * (DV + 2)] += 1.5
     leaves = [qk.to(device, dtype).requires_grad_(), v.to(device, dtype).requires_grad_()]
     ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
     kw = dict(num_heads=NH, head_dim_qk=DK, head_dim_v=DV, variant=variant)
     empty_like = torch.empty_like
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
-    h = mlstm_packed(*leaves, **kw, backend="triton")
-    hr = mlstm_packed(*ref_leaves, **kw, backend="torch")
+    h = mlstm_packed(leaves[0], leaves[1][..., v_offset:], **kw, backend="triton")
+    hr = mlstm_packed(ref_leaves[0], ref_leaves[1][..., v_offset:], **kw, backend="torch")
     assert h.shape == (B, S, NH, DV) and h.dtype == dtype
     weight = torch.randn(h.shape, generator=g).to(device)
     grads = torch.autograd.grad((h.float() * weight).sum(), leaves)
@@ -193,12 +194,19 @@ def check_packed(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype, devi
     assert_close(h, hr, dtype, "h", atol=1e-4 if dtype == torch.bfloat16 else 1e-5)
     for name, grad, grad_r in zip(("dqk", "dv"), grads, grads_r):
         assert_close(grad, grad_r, dtype, name, 2.0, atol=1e-4 if dtype == torch.bfloat16 else 1e-5)
-    assert (grads[0][..., 2 * NH * (DK + 1) :] == 0).all() and (grads[1][..., NH * (DV + 2) :] == 0).all()
+    assert (grads[0][..., 2 * NH * (DK + 1) :] == 0).all() and (grads[1][..., v_offset + NH * (DV + 2) :] == 0).all()
+    assert (grads[1][..., :v_offset] == 0).all()
 
 
 @pytest.mark.parametrize("S,NH,DK,DV,pad_qk,pad_v,variant,dtype", PACKED_CASES)
 def test_packed_projections_match_the_unpacked_reference(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype):
     check_packed(monkeypatch, S, NH, DK, DV, pad_qk, pad_v, variant, dtype)
+
+
+def test_packed_v_may_be_columns_of_a_wider_projection(monkeypatch):
+    """The ViL layer's v buffer is the last columns of its up-projection ([x_inner | z | v | gate shares]): read
+    through its batch and token strides, gate shares included."""
+    check_packed(monkeypatch, 37, 2, 16, 16, 8, 4, "sig", torch.float32, B=2, v_offset=64)
 
 
 @pytest.mark.gpu

@@ -342,3 +342,21 @@ def test_compiled_training_saves_the_cell_output_token_major():
                      if t.dim() == 4 and t.shape[1] == 16 and t.stride(1) == 1 and t.shape[-1] > 1]
     assert saved
     assert not token_fastest, token_fastest
+
+
+def test_compiled_vil_tiny_layer_needs_no_inductor_padding():
+    """Inductor pads the row stride of buffers wider than 1,024 elements to 128 bytes (comprehensive padding, on for
+    GPUs). ViL-T's packed up-projection ([x_inner | z | v | gate shares], 1,168 columns unpadded) then went to a padded
+    buffer and was copied back to the exact strides of the custom ops (~0.2 ms per block on an H100); its width is a
+    multiple of 64 columns now, so no buffer of the compiled layer's forward and backward gets padded. On CPU with the
+    padding forced on, ViL-T's widths, 16 tokens."""
+    from torch._inductor import config, metrics
+
+    from xlstm_core.mlstm_layer import mLSTMPreUpLayer
+
+    layer = mLSTMPreUpLayer(VisionLSTM(embed_dim=192, depth=1, backend="triton").stack.cfg)
+    x = torch.randn(1, 16, 192, requires_grad=True)
+    metrics.reset()
+    with config.patch(comprehensive_padding=True, disable_padding_cpu=False):
+        torch.compile(lambda x: layer(x, grid=(4, 4)), fullgraph=True)(x).sum().backward()
+    assert metrics.num_comprehensive_padding == 0
