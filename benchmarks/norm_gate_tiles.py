@@ -1,0 +1,73 @@
+"""Tile sweep of the fused norm-skip-gate backward (xlstm_core/norm_gate_triton.py) at ViL-T's layer shape.
+
+Batch 256, 196 tokens, 4 heads of 96, bf16, z a strided half of a (B, T, 2 * inner) tensor and x_skip dense, as the
+compiled layer hands them over. Each candidate (tokens per program, warps) is timed on the whole backward op (kernel + the partial-sum reduction), its gradients compared with the pinned config's; the pinned
+config is the baseline measured in the same run. Prints a table and writes JSON (results schema of DESIGN.md).
+
+    python -m benchmarks.norm_gate_tiles [--out benchmarks/results/norm_gate_bwd_sweep.json]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+import triton
+
+from benchmarks.common import row, write_results
+
+CANDIDATES = list(itertools.product((4, 8, 16, 32), (1, 2, 4)))
+
+
+def _inputs(B: int, T: int, NH: int, DH: int):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
+    inner = NH * DH
+    h, x_skip, up = rand(B, T, NH, DH).bfloat16(), rand(B, T, inner).bfloat16(), rand(B, T, 2 * inner).bfloat16()
+    params = [1 + 0.1 * rand(inner), rand(inner), 0.1 * rand(inner)]  # weight, bias, skip
+    return rand(B, T, inner).bfloat16(), h, x_skip, up.chunk(2, dim=-1)[1], params
+
+
+def _rel_err(outs, refs) -> float:
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(outs, refs))
+
+
+def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
+    """Rows of op time (ms, median of triton.testing.do_bench) and relative error per candidate."""
+    from xlstm_core import norm_gate_triton as ng
+
+    dy, h, x_skip, z, (weight, bias, skip) = _inputs(B, T, NH, DH)
+    op = lambda: ng._backward(dy, h, x_skip, z, weight, bias, skip, 1e-6)
+    pinned = (ng.BWD_BM, ng.BWD_WARPS)
+    reference = [t.clone() for t in op()]
+    rows, case = [], f"norm_gate_bwd:B{B}-T{T}-NH{NH}-DH{DH}"
+    for block, warps in CANDIDATES:
+        ng.BWD_BM, ng.BWD_WARPS = block, warps
+        err = _rel_err(op(), reference)
+        ms = triton.testing.do_bench(op, warmup=10, rep=50, return_mode="median")
+        rows.append(row("ours:triton", case, "bwd_time", round(ms, 4), "ms", BLOCK=block, num_warps=warps,
+                        rel_err_vs_pinned=round(err, 7), pinned=(block, warps) == pinned))
+    ng.BWD_BM, ng.BWD_WARPS = pinned
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/norm_gate_bwd_sweep.json")
+    parser.add_argument("--shape", nargs=4, type=int, default=[256, 196, 4, 96], metavar=("B", "T", "NH", "DH"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU")
+    rows = sweep(*args.shape)
+    print(f"{'BLOCK':>5s} {'warps':>5s} {'ms':>8s} {'err vs pin':>10s}")
+    for r in sorted(rows, key=lambda r: r["value"]):
+        mark = "  (pinned)" if r["pinned"] else ""
+        print(f"{r['BLOCK']:5d} {r['num_warps']:5d} {r['value']:8.4f} {r['rel_err_vs_pinned']:10.2e}{mark}")
+    path = write_results(args.out, rows, note=(
+        "norm-skip-gate fused backward (xlstm_core/norm_gate_triton._backward: kernel + partial-sum reduction) at "
+        "ViL-T's layer shape, bf16; BLOCK tokens per program; memory floor ~0.09 ms."))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
