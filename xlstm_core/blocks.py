@@ -9,7 +9,7 @@ from torch import nn
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.ffn import GatedFFN
 from xlstm_core.fused_decode import fused_step_applies, post_up_block_step
-from xlstm_core.mlstm_layer import mLSTMPostUpLayer, mLSTMPreUpLayer
+from xlstm_core.mlstm_layer import FoldedWeights, mLSTMPostUpLayer, mLSTMPreUpLayer
 from xlstm_core.norms import make_norm
 from xlstm_core.slstm_layer import sLSTMLayer
 from xlstm_core.state import LayerState
@@ -25,8 +25,9 @@ class PreUpBlock(nn.Module):
         self.drop_path = DropPath(cfg.drop_path) if cfg.drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
-                grid: tuple[int, int] | None = None):
-        out = self.layer(self.norm(x), state, return_state, grid)
+                grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None):
+        """`folded`: the layer's folded projection weights where the stack computed them (`fold_weights`)."""
+        out = self.layer(self.norm(x), state, return_state, grid, folded)
         y, new_state = out if return_state else (out, None)
         x = x + self.drop_path(y)
         return (x, new_state) if return_state else x

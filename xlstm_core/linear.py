@@ -5,18 +5,21 @@ import torch
 from torch import nn
 
 
-def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
+def block_diagonal(weight: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
     """(n, d, e) blocks -> the (n * d, n * e) block-diagonal matrix, in one broadcast multiply; (n, d, k, e) blocks of k
-    maps -> their k block-diagonal matrices side by side, (n * d, k * n * e).
+    maps -> their k block-diagonal matrices side by side, (n * d, k * n * e). The first `batch_dims` dims are kept
+    (several layers' blocks at once).
 
     torch.block_diag takes the blocks as separate tensors and copies each one (one kernel per block, and as many
     again in its backward): with ViL's 96 blocks of 4 x 4 per projection that was thousands of launches a step.
     """
-    if weight.dim() not in (3, 4):
-        raise ValueError(f"expected blocks (n, d, e) or (n, d, k, e), got shape {tuple(weight.shape)}")
-    n, d = weight.shape[:2]
-    eye = torch.eye(n, device=weight.device, dtype=weight.dtype).view(n, *[1] * (weight.dim() - 2), n, 1)
-    return (weight.unsqueeze(-2) * eye).reshape(n * d, -1)
+    core = weight.dim() - batch_dims
+    if core not in (3, 4):
+        raise ValueError(f"expected blocks (n, d, e) or (n, d, k, e) after {batch_dims} batch dims, got shape "
+                         f"{tuple(weight.shape)}")
+    n, d = weight.shape[batch_dims : batch_dims + 2]
+    eye = torch.eye(n, device=weight.device, dtype=weight.dtype).view(n, *[1] * (core - 2), n, 1)
+    return (weight.unsqueeze(-2) * eye).reshape(*weight.shape[:batch_dims], n * d, -1)
 
 
 class BlockDiagonalLinear(nn.Module):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -106,8 +107,9 @@ class FoldedWeights(NamedTuple):
 
 
 def _pad_columns(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """weight (in, out) and bias (out,) with zero columns appended up to a multiple of COLUMN_ALIGN outputs."""
-    extra = -weight.shape[1] % COLUMN_ALIGN
+    """weight (..., in, out) and bias (..., out) with zero columns appended up to a multiple of COLUMN_ALIGN
+    outputs."""
+    extra = -weight.shape[-1] % COLUMN_ALIGN
     return F.pad(weight, (0, extra)), None if bias is None else F.pad(bias, (0, extra))
 
 
@@ -151,12 +153,7 @@ class mLSTMPreUpLayer(nn.Module):
         if self.norm_bias is not None:
             nn.init.zeros_(self.norm_bias)
 
-    def _dense_qkv_weight(self) -> torch.Tensor:
-        """[Wq | Wk | Wv] (inner, 3 inner): the three block-diagonal weights as dense matrices side by side, from
-        one broadcast multiply of the stacked blocks with an identity (y = x W)."""
-        return block_diagonal(torch.stack([proj.weight for proj in (self.q, self.k, self.v)], dim=2))
-
-    def _projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor):
+    def _projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor, folded: FoldedWeights | None = None):
         """q, k (from the conv branch), v (from the inner stream) and the input / forget gate pre-activations,
         which read cat(q, k, v). With dense_qkv they are views of `_packed_projections`' two GEMM outputs."""
         if not self.cfg.dense_qkv:
@@ -164,21 +161,22 @@ class mLSTMPreUpLayer(nn.Module):
             gate_in = torch.cat([q, k, v], dim=-1)
             return q, k, v, self.igate(gate_in), self.fgate(gate_in)
         inner, NH = self.cfg.inner_dim, self.cfg.num_heads
-        qk_gates, v_gates = self._packed_projections(x_conv, x_inner)
+        qk_gates, v_gates = self._packed_projections(x_conv, x_inner, folded)
         q, k = qk_gates[..., :inner], qk_gates[..., inner : 2 * inner]
         gates_qk = qk_gates[..., 2 * inner : 2 * (inner + NH)]  # the columns after the gates are padding
         v, gates_v = v_gates[..., :inner], v_gates[..., inner : inner + 2 * NH]
         igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
         return q, k, v, igate, fgate
 
-    def _packed_projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _packed_projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor,
+                            folded: FoldedWeights | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, 2 inner + 2 NH + padding) = [q | k | gate shares of q, k] from x_conv and (B, T, inner + 2 NH +
         padding) = [v | gate shares of v] from x_inner: two GEMMs, the gate weights folded into the block-diagonal
         q/k/v weights (the gates' share of q is x_conv (Wq Gq) + bq Gq), so neither the (B, T, 3 inner) gate input
         nor GEMMs with NH outputs are formed; this is the layout `kernels.mlstm_packed` takes. The folded weights
         take ~13 small kernels forward and about as many backward (eager ViL is launch-bound); inference reuses
-        them (`_folded_weights`)."""
-        folded = self._folded_weights()
+        them (`_folded_weights`); a block stack folds all its layers' weights at once (`fold_weights`)."""
+        folded = self._folded_weights() if folded is None else folded
         return (_linear_2d(x_conv, folded.w_conv.t(), folded.b_conv),
                 _linear_2d(x_inner, folded.w_inner.t(), folded.b_inner))
 
@@ -197,36 +195,8 @@ class mLSTMPreUpLayer(nn.Module):
         return self._folded
 
     def _fold_weights(self) -> FoldedWeights:
-        """The folded weights, the columns of w_conv and w_inner padded with zeros to a multiple of COLUMN_ALIGN
-        (see there). v is linear in x_inner = x W_ui^T + b_ui, so w_up stacks the up-projection's rows and those
-        of (W_ui^T w_inner)^T, and b_up ends in b_ui w_inner + b_inner: v and its gate shares then come out of the
-        up-projection's GEMM (192 inputs at ViL-T) instead of a GEMM of their own over x_inner (384)."""
-        inner, NH = self.cfg.inner_dim, self.cfg.num_heads
-        w_qk, w_v = self._dense_qkv_weight().split([2 * inner, inner], dim=1)
-        gate_w = torch.cat([self.igate.weight, self.fgate.weight]).t()  # (3 inner, 2 NH): rows read q, k, v
-        g_qk, g_v = gate_w.split([2 * inner, inner])
-        w_conv = torch.cat([w_qk, w_qk @ g_qk], dim=1)  # (inner, 2 inner + 2 NH)
-        w_inner = torch.cat([w_v, w_v @ g_v], dim=1)  # (inner, inner + 2 NH)
-        b_gates = torch.cat([self.igate.bias, self.fgate.bias])
-        if self.q.bias is None:
-            b_conv, b_inner = F.pad(b_gates, (2 * inner, 0)), None
-        else:
-            b_qkv = torch.cat([proj.bias for proj in (self.q, self.k, self.v)])
-            b_qk, b_v = b_qkv.split([2 * inner, inner])
-            b_conv = torch.cat([b_qk, torch.addmv(b_gates, gate_w.t(), b_qkv)])
-            b_inner = F.pad(b_v, (0, 2 * NH))
-        w_conv, b_conv = _pad_columns(w_conv, b_conv)
-        w_inner, b_inner = _pad_columns(w_inner, b_inner)
-        w_up, b_up = self.proj_up.weight, self.proj_up.bias
-        w_up_v = w_inner.t() @ w_up[:inner]
-        if b_up is not None or b_inner is not None:
-            b_up = w_up.new_zeros(2 * inner) if b_up is None else b_up
-            b_v = b_up[:inner] @ w_inner
-            b_up = torch.cat([b_up, b_v if b_inner is None else b_v + b_inner])
-        extra = -(w_up.shape[0] + w_up_v.shape[0]) % UP_COLUMN_ALIGN
-        w_up = F.pad(torch.cat([w_up, w_up_v]), (0, 0, 0, extra))  # (out, in): padded with zero rows
-        b_up = None if b_up is None else F.pad(b_up, (0, extra))
-        return FoldedWeights(w_conv, b_conv, w_inner, b_inner, w_up, b_up)
+        """This layer's `fold_weights`."""
+        return fold_weights([self])[0]
 
     def _takes_packed_path(self, x: torch.Tensor, state: LayerState | None, return_state: bool) -> bool:
         """Whether the cell runs on packed projections (`kernels.mlstm_packed`): dense_qkv, the parallel form and no
@@ -235,11 +205,13 @@ class mLSTMPreUpLayer(nn.Module):
                 and sequence_form(self.cfg, x.shape[1], x.device) == "parallel")
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
-                grid: tuple[int, int] | None = None):
+                grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None):
+        """`folded`: this layer's folded weights where the caller computed them (`fold_weights`), else the layer
+        folds (or reuses) its own."""
         NH, inner = self.cfg.num_heads, self.cfg.inner_dim
         packed = self._takes_packed_path(x, state, return_state)
         if packed:
-            folded = self._folded_weights()
+            folded = self._folded_weights() if folded is None else folded
             up = _linear_2d(x, folded.w_up, folded.b_up)  # [x_inner | z | v | gate shares of v | padding]
             x_inner, z = up[..., :inner], up[..., inner : 2 * inner]
             # v's own width (16-column aligned): the packed op writes its padding's gradient, autograd the rest
@@ -262,13 +234,54 @@ class mLSTMPreUpLayer(nn.Module):
                              variant=self.cfg.mlstm_variant, backend=self.cfg.backend)
             cell_state = None
         else:
-            q, k, v, igate, fgate = self._projections(x_conv, x_inner)
+            q, k, v, igate, fgate = self._projections(x_conv, x_inner, folded)
             h, cell_state = run_mlstm_cell(self.cfg, _heads(q, NH), _heads(k, NH), _heads(v, NH), igate, fgate,
                                            None if state is None else state.cell, return_state)
         h = norm_skip_gate(h, x_conv, z, self.norm.weight, self.norm_bias, self.skip, eps=self.norm.eps,
                            backend=self.cfg.backend)
         y = self.dropout(self.proj_down(h))
         return (y, LayerState(conv_state, cell_state)) if return_state else y
+
+
+def fold_weights(layers: Sequence[mLSTMPreUpLayer]) -> list[FoldedWeights]:
+    """The folded weights (`FoldedWeights`) of pre-up layers of one configuration, computed for all of them at once:
+    the fold is ~14 small kernels forward (and about as many backward), so a stack that folds per layer at every
+    traced or differentiated call pays them per layer (~1 ms of a 12.6 ms compiled ViL-T inference step on an
+    H100). Columns of w_conv and w_inner are padded with zeros to a multiple of COLUMN_ALIGN, the up-projection's
+    rows to UP_COLUMN_ALIGN (see there). v is linear in x_inner = x W_ui^T + b_ui, so w_up stacks the
+    up-projection's rows and those of (W_ui^T w_inner)^T, and b_up ends in b_ui w_inner + b_inner: v and its gate
+    shares come out of the up-projection's GEMM (192 inputs at ViL-T) instead of a GEMM over x_inner (384)."""
+    cfg = layers[0].cfg
+    inner, NH = cfg.inner_dim, cfg.num_heads
+    stack = lambda get: torch.stack([get(layer) for layer in layers])
+    blocks = stack(lambda m: torch.stack([m.q.weight, m.k.weight, m.v.weight], dim=2))  # (L, n, d, 3, e)
+    w_qk, w_v = block_diagonal(blocks, batch_dims=1).split([2 * inner, inner], dim=-1)
+    gate_w = stack(lambda m: torch.cat([m.igate.weight, m.fgate.weight])).mT  # (L, 3 inner, 2 NH): rows read q, k, v
+    g_qk, g_v = gate_w.split([2 * inner, inner], dim=-2)
+    w_conv = torch.cat([w_qk, w_qk @ g_qk], dim=-1)  # (L, inner, 2 inner + 2 NH)
+    w_inner = torch.cat([w_v, w_v @ g_v], dim=-1)  # (L, inner, inner + 2 NH)
+    b_gates = stack(lambda m: torch.cat([m.igate.bias, m.fgate.bias]))
+    if cfg.bias:
+        b_qkv = stack(lambda m: torch.cat([m.q.bias, m.k.bias, m.v.bias]))
+        b_qk, b_v = b_qkv.split([2 * inner, inner], dim=-1)
+        b_conv = torch.cat([b_qk, b_gates + (b_qkv.unsqueeze(-2) @ gate_w).squeeze(-2)], dim=-1)
+        b_inner = F.pad(b_v, (0, 2 * NH))
+    else:
+        b_conv, b_inner = F.pad(b_gates, (2 * inner, 0)), None
+    w_conv, b_conv = _pad_columns(w_conv, b_conv)
+    w_inner, b_inner = _pad_columns(w_inner, b_inner)
+    w_up = stack(lambda m: m.proj_up.weight)  # (L, 2 inner, E)
+    w_up_v = w_inner.mT @ w_up[:, :inner]
+    w_up = torch.cat([w_up, w_up_v], dim=-2)
+    b_up = None
+    if cfg.bias:
+        b_up = stack(lambda m: m.proj_up.bias)
+        b_up = torch.cat([b_up, (b_up[:, None, :inner] @ w_inner).squeeze(-2) + b_inner], dim=-1)
+    extra = -w_up.shape[-2] % UP_COLUMN_ALIGN
+    w_up = F.pad(w_up, (0, 0, 0, extra))  # (L, out, in): zero rows
+    b_up = None if b_up is None else F.pad(b_up, (0, extra))
+    return [FoldedWeights(*(None if t is None else t[i] for t in (w_conv, b_conv, w_inner, b_inner, w_up, b_up)))
+            for i in range(len(layers))]
 
 
 class mLSTMPostUpLayer(nn.Module):

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xlstm_core.blocks import make_block
+from xlstm_core.blocks import PreUpBlock, make_block
 from xlstm_core.config import xLSTMBlockStackConfig
+from xlstm_core.mlstm_layer import FoldedWeights, fold_weights
 from xlstm_core.norms import make_norm
 from xlstm_core.state import StackState
 
@@ -34,17 +35,31 @@ class xLSTMBlockStack(nn.Module):
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state has {len(state)} entries, expected one per block ({len(self.blocks)})")
         new_state = []
+        folds = {} if carry else self._folded_weights()
         for index, block in enumerate(self.blocks):
+            folded = {"folded": folds[index]} if index in folds else {}
             if carry:
                 x, block_state = block(x, None if state is None else state[index], True, grid)
                 new_state.append(block_state)
             elif self.reversed[index]:
-                x = block(x.flip(1), grid=grid).flip(1)
+                x = block(x.flip(1), grid=grid, **folded).flip(1)
             else:
-                x = block(x, grid=grid)
+                x = block(x, grid=grid, **folded)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return (x, new_state) if carry else x
+
+    def _folded_weights(self) -> dict[int, FoldedWeights]:
+        """{block index: folded projection weights} of the pre-up layers with dense q/k/v, computed in one batch
+        where each layer would fold its own at this call (with autograd, or traced by torch.compile); empty where
+        the layers reuse their cached folds (eager inference) or there is at most one such layer."""
+        if not (torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            return {}
+        pre_up = {index: block.layer for index, block in enumerate(self.blocks)
+                  if isinstance(block, PreUpBlock) and block.layer.cfg.dense_qkv}
+        if len(pre_up) < 2:
+            return {}
+        return dict(zip(pre_up, fold_weights(list(pre_up.values()))))
 
     def step(self, x_t: torch.Tensor, state: StackState | None = None) -> tuple[torch.Tensor, StackState]:
         """One timestep: x_t (B, E) -> (y_t (B, E), new_state). Equals the full forward at that position."""

@@ -119,12 +119,18 @@ def test_token_stream_is_token_major():
 def test_inference_reuses_folded_weights_until_a_parameter_changes(monkeypatch):
     """Without autograd the folded q/k/v + gate weights are computed once per layer and reused; an optimizer step
     (in-place), a state-dict load and a dtype move each give fresh ones, and outputs always match the unfolded
-    layer's."""
-    from xlstm_core.mlstm_layer import mLSTMPreUpLayer
+    layer's. With autograd the stack folds all layers in one call. `calls` holds one entry per layer folded."""
+    from xlstm_core import mlstm_layer, stack
 
     calls = []
-    original = mLSTMPreUpLayer._fold_weights
-    monkeypatch.setattr(mLSTMPreUpLayer, "_fold_weights", lambda self: calls.append(1) or original(self))
+    original = mlstm_layer.fold_weights
+
+    def counted(layers):
+        calls.extend([1] * len(layers))
+        return original(layers)
+
+    monkeypatch.setattr(mlstm_layer, "fold_weights", counted)
+    monkeypatch.setattr(stack, "fold_weights", counted)
     model, blocks = small_vil(depth=2), small_vil(depth=2, dense_qkv=False)
     x = torch.randn(2, 3, 16, 16)
 
@@ -360,3 +366,35 @@ def test_compiled_vil_tiny_layer_needs_no_inductor_padding():
     with config.patch(comprehensive_padding=True, disable_padding_cpu=False):
         torch.compile(lambda x: layer(x, grid=(4, 4)), fullgraph=True)(x).sum().backward()
     assert metrics.num_comprehensive_padding == 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_stack_folds_its_layers_weights_at_once(bias, monkeypatch):
+    """With autograd the block stack folds the q/k/v + gate (+ up-projection) weights of all its pre-up layers in one
+    batched call; each layer's share equals its own fold, and the stack computes what the literal block-diagonal
+    layers compute, with and without biases."""
+    import dataclasses
+
+    from xlstm_core import stack as stack_module
+    from xlstm_core.config import xLSTMBlockStackConfig
+    from xlstm_core.mlstm_layer import fold_weights
+    from xlstm_core.stack import xLSTMBlockStack
+
+    cfg = xLSTMBlockStackConfig(embedding_dim=16, num_heads=2, num_blocks=3, conv_mode="grid2d", conv_kernel_size=3,
+                                bias=bias, dense_qkv=True, mlstm_form="parallel", reverse_at=(1,))
+    torch.manual_seed(0)
+    dense, literal = xLSTMBlockStack(cfg), xLSTMBlockStack(dataclasses.replace(cfg, dense_qkv=False))
+    with torch.no_grad():
+        for p in dense.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+    literal.load_state_dict(dense.state_dict())
+    layers = [block.layer for block in dense.blocks]
+    for layer, together in zip(layers, fold_weights(layers)):
+        for a, b in zip(together, fold_weights([layer])[0]):
+            assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    calls = []
+    monkeypatch.setattr(stack_module, "fold_weights", lambda ls: calls.append(len(ls)) or fold_weights(ls))
+    x = torch.randn(2, 9, 16)
+    y = dense(x, grid=(3, 3))
+    assert calls == [3]
+    torch.testing.assert_close(y, literal(x, grid=(3, 3)), atol=1e-5, rtol=1e-5)
