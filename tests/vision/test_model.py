@@ -156,13 +156,17 @@ def test_inference_reuses_folded_weights_until_a_parameter_changes(monkeypatch):
 
 
 def test_block_diagonal_matches_torch_block_diag():
-    """One block-diagonal matrix from (n, d, e) blocks, and k of them side by side from (n, d, k, e)."""
+    """One block-diagonal matrix from (n, d, e) blocks, and k of them side by side from (n, d, k, e); with a batch
+    dim, one per batch entry."""
     from xlstm_core.linear import block_diagonal
 
     w = torch.randn(5, 3, 2, 4)
     torch.testing.assert_close(block_diagonal(w[:, :, 0]), torch.block_diag(*w[:, :, 0]), rtol=0, atol=0)
     side_by_side = torch.cat([torch.block_diag(*w[:, :, j]) for j in range(2)], dim=1)
     torch.testing.assert_close(block_diagonal(w), side_by_side, rtol=0, atol=0)
+    batch = torch.stack([w, 2 * w])
+    torch.testing.assert_close(block_diagonal(batch, batch_dims=1), torch.stack([side_by_side, 2 * side_by_side]),
+                               rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"\(n, d, e\)"):
         block_diagonal(torch.randn(4, 4))
 
