@@ -271,15 +271,14 @@ def fold_weights(layers: Sequence[mLSTMPreUpLayer]) -> list[FoldedWeights]:
     w_conv, b_conv = _pad_columns(w_conv, b_conv)
     w_inner, b_inner = _pad_columns(w_inner, b_inner)
     w_up = stack(lambda m: m.proj_up.weight)  # (L, 2 inner, E)
+    extra = -(2 * inner + w_inner.shape[-1]) % UP_COLUMN_ALIGN  # zero rows, so that no unaligned row is formed
     w_up_v = w_inner.mT @ w_up[:, :inner]
-    w_up = torch.cat([w_up, w_up_v], dim=-2)
+    w_up = torch.cat([w_up, w_up_v, w_up.new_zeros(len(layers), extra, w_up.shape[-1])], dim=-2)  # (L, out, in)
     b_up = None
     if cfg.bias:
         b_up = stack(lambda m: m.proj_up.bias)
-        b_up = torch.cat([b_up, (b_up[:, None, :inner] @ w_inner).squeeze(-2) + b_inner], dim=-1)
-    extra = -w_up.shape[-2] % UP_COLUMN_ALIGN
-    w_up = F.pad(w_up, (0, 0, 0, extra))  # (L, out, in): zero rows
-    b_up = None if b_up is None else F.pad(b_up, (0, extra))
+        b_v = (b_up[:, None, :inner] @ w_inner).squeeze(-2) + b_inner
+        b_up = torch.cat([b_up, b_v, b_up.new_zeros(len(layers), extra)], dim=-1)
     return [FoldedWeights(*(None if t is None else t[i] for t in (w_conv, b_conv, w_inner, b_inner, w_up, b_up)))
             for i in range(len(layers))]
 

@@ -358,8 +358,9 @@ def test_compiled_vil_tiny_layer_needs_no_inductor_padding():
     """Inductor pads the row stride of buffers wider than 1,024 elements to 128 bytes (comprehensive padding, on for
     GPUs). ViL-T's packed up-projection ([x_inner | z | v | gate shares], 1,168 columns unpadded) then went to a padded
     buffer and was copied back to the exact strides of the custom ops (~0.2 ms per block on an H100); its width is a
-    multiple of 64 columns now, so no buffer of the compiled layer's forward and backward gets padded. On CPU with the
-    padding forced on, ViL-T's widths, 16 tokens."""
+    multiple of 64 columns now, so no buffer of the compiled layer gets padded, in training or inference. On CPU
+    with the padding forced on, ViL-T's widths, 16 tokens."""
+    from torch._functorch import config as functorch_config
     from torch._inductor import config, metrics
 
     from xlstm_core.mlstm_layer import mLSTMPreUpLayer
@@ -367,8 +368,12 @@ def test_compiled_vil_tiny_layer_needs_no_inductor_padding():
     layer = mLSTMPreUpLayer(VisionLSTM(embed_dim=192, depth=1, backend="triton").stack.cfg)
     x = torch.randn(1, 16, 192, requires_grad=True)
     metrics.reset()
-    with config.patch(comprehensive_padding=True, disable_padding_cpu=False):
-        torch.compile(lambda x: layer(x, grid=(4, 4)), fullgraph=True)(x).sum().backward()
+    with config.patch(comprehensive_padding=True, disable_padding_cpu=False, fx_graph_cache=False), \
+            functorch_config.patch(enable_autograd_cache=False):  # a cached graph would not count its paddings
+        compiled = torch.compile(lambda x: layer(x, grid=(4, 4)), fullgraph=True)
+        compiled(x).sum().backward()
+        with torch.no_grad():  # inference takes the up-projection as one GEMM
+            compiled(x)
     assert metrics.num_comprehensive_padding == 0
 
 
