@@ -1,8 +1,9 @@
 """Tile sweep of the fused norm-skip-gate backward (xlstm_core/norm_gate_triton.py) at ViL-T's layer shape.
 
 Batch 256, 196 tokens, 4 heads of 96, bf16, z a strided half of a (B, T, 2 * inner) tensor and x_skip dense, as the
-compiled layer hands them over. Each candidate (tokens per program, warps) is timed on the whole backward op (kernel + the partial-sum reduction), its gradients compared with the pinned config's; the pinned
-config is the baseline measured in the same run. Prints a table and writes JSON (results schema of DESIGN.md).
+compiled layer hands them over. Each candidate (tokens per program, warps) is timed on the whole backward op (kernel
++ the partial-sum reduction), its gradients compared with the pinned config's; the pinned config is the baseline
+measured in the same run. Prints a table and writes JSON (results schema of DESIGN.md).
 
     python -m benchmarks.norm_gate_tiles [--out benchmarks/results/norm_gate_bwd_sweep.json]
 """

@@ -635,8 +635,8 @@ def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: tor
     pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
     _packed_gate_grad_kernel[(B,)](
         qdq, kdk, qk, v, d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1], 2 * num_heads * dk, num_heads * dv,
-        qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), SIG=sig, BS=pow2_block(S), BH=pow2_block(num_heads, low=1),
-        BP=pow2_block(pad, low=1))
+        qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), SIG=sig, BS=pow2_block(S),
+        BH=pow2_block(num_heads, low=1), BP=pow2_block(pad, low=1))
     return d_qk, d_v
 
 
