@@ -702,6 +702,7 @@ def mlstm_parallel_packed_triton(qk: torch.Tensor, v: torch.Tensor, *, num_heads
         raise ValueError(f"the fused parallel mLSTM takes sequences of at most {MAX_LEN} tokens, got S={S}")
     if qk.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"the Triton mLSTM kernels take fp16/bf16/fp32 inputs, got {qk.dtype}")
+    qk, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (qk, v))  # the kernels read unit column strides
     h = _packed_forward(qk, v, num_heads, head_dim_qk, head_dim_v, variant == "sig", normalize, float(eps))[0]
     return h.unflatten(-1, (num_heads, head_dim_v))
 

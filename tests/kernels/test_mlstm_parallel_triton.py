@@ -209,6 +209,17 @@ def test_packed_v_may_be_columns_of_a_wider_projection(monkeypatch):
     check_packed(monkeypatch, 37, 2, 16, 16, 8, 4, "sig", torch.float32, B=2, v_offset=64)
 
 
+def test_packed_inputs_with_strided_columns():
+    """Column-strided buffers (a transposed layout) give the same h as dense ones."""
+    from kernels import mlstm_packed
+
+    qk, v = torch.randn(2, 20, 2 * 2 * 17), torch.randn(2, 20, 2 * 18)
+    kw = dict(num_heads=2, head_dim_qk=16, head_dim_v=16, backend="triton")
+    strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (qk, v)]
+    assert strided[0].stride(-1) != 1
+    torch.testing.assert_close(mlstm_packed(*strided, **kw), mlstm_packed(qk, v, **kw), rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_gpu_packed_bf16_vil_tiny_layout(monkeypatch, variant):
