@@ -11,6 +11,7 @@ from torch import nn
 
 from kernels import mlstm, mlstm_packed, mlstm_step
 from kernels.dispatch import resolve_backend
+from kernels.mlstm.packed_layout import unpack
 from xlstm_core.config import xLSTMBlockStackConfig
 from xlstm_core.conv import CausalConv1d, GridConv2d
 from xlstm_core.linear import BlockDiagonalLinear, block_diagonal
@@ -160,13 +161,11 @@ class mLSTMPreUpLayer(nn.Module):
             q, k, v = self.q(x_conv), self.k(x_conv), self.v(x_inner)
             gate_in = torch.cat([q, k, v], dim=-1)
             return q, k, v, self.igate(gate_in), self.fgate(gate_in)
-        inner, NH = self.cfg.inner_dim, self.cfg.num_heads
-        qk_gates, v_gates = self._packed_projections(x_conv, x_inner, folded)
-        q, k = qk_gates[..., :inner], qk_gates[..., inner : 2 * inner]
-        gates_qk = qk_gates[..., 2 * inner : 2 * (inner + NH)]  # the columns after the gates are padding
-        v, gates_v = v_gates[..., :inner], v_gates[..., inner : inner + 2 * NH]
-        igate, fgate = (gates_qk + gates_v).chunk(2, dim=-1)
-        return q, k, v, igate, fgate
+        head_dim = self.cfg.inner_dim // self.cfg.num_heads
+        q, k, v, (igate_qk, fgate_qk, igate_v, fgate_v) = unpack(
+            *self._packed_projections(x_conv, x_inner, folded), self.cfg.num_heads, head_dim, head_dim)
+        tokens = lambda t: t.transpose(1, 2)  # (B, NH, S, ...) views back to the token-major layout
+        return (*(tokens(t).flatten(2) for t in (q, k, v)), tokens(igate_qk + igate_v), tokens(fgate_qk + fgate_v))
 
     def _packed_projections(self, x_conv: torch.Tensor, x_inner: torch.Tensor,
                             folded: FoldedWeights | None = None) -> tuple[torch.Tensor, torch.Tensor]:
