@@ -165,13 +165,13 @@ def _config_name(config) -> str:
     return f"{tiles}/w{config.num_warps}/s{config.num_stages}"
 
 
-def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "local")):
-    """Every tile config of the scores, intra and local kernels (those named in `kernels`), per launch case: device
-    time (CUDA events around each launch, median over `repeats` exp fwd+bwd runs), ptxas registers and spills, and the
-    largest relative error of h and the gradients against the first config. Pins each case's fastest config, then
-    returns the rows."""
+def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "intra_fwd", "local")):
+    """Every tile config of the scores, intra (plain and TMA forward) and local kernels (those named in `kernels`),
+    per launch case: device time (CUDA events around each launch, median over `repeats` exp fwd+bwd runs), ptxas
+    registers and spills, and the largest relative error of h and the gradients against the first config. Pins each
+    case's fastest config, then returns the rows."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
-    from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_FWD_TILES, INTRA_TILES, SCORES_TILES
 
     rel_err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
     leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
@@ -183,7 +183,7 @@ def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "local")
         return [h.detach(), *torch.autograd.grad(h, leaves, grad)]
 
     rows, first = [], None
-    choices = {"scores": SCORES_TILES, "intra": INTRA_TILES, "local": LOCAL_TILES}
+    choices = {"scores": SCORES_TILES, "intra": INTRA_TILES, "intra_fwd": INTRA_FWD_TILES, "local": LOCAL_TILES}
     for name, choice in ((name, choices[name]) for name in kernels):
         before, original, records = dict(choice.pinned), choice.launch, []
 
@@ -254,8 +254,8 @@ def main(argv=None):
     parser.add_argument("--tiles", action="store_true",
                         help="sweep the tile configs on the first case (exp, last chunk size), pin the fastest, then "
                              "benchmark ours with them")
-    parser.add_argument("--tile-kernels", nargs="*", default=["scores", "intra", "local"],
-                        choices=["scores", "intra", "local"], help="the kernels --tiles sweeps")
+    parser.add_argument("--tile-kernels", nargs="*", default=["scores", "intra", "intra_fwd", "local"],
+                        choices=["scores", "intra", "intra_fwd", "local"], help="the kernels --tiles sweeps")
     parser.add_argument("--impls", nargs="*", default=["ours:triton", "ours:torch", "sdpa_flash",
                                                        "fla_chunk_simple_gla"])
     args = parser.parse_args(argv)

@@ -9,7 +9,8 @@ Per sequence the tokens are cut into chunks (kernels/mlstm/chunk_layout.py). For
      tiled along the chunk's rows and columns (second level of sequence parallelism), plus the row stabilisers and
      normaliser sums.
   4. `_intra_kernel`: every output tile (rows of one chunk x a block of DHV) as the boundary state's contribution
-     plus P times the chunk's values: two plain matrix products, with no score recomputed per column block.
+     plus P times the chunk's values: two plain matrix products, with no score recomputed per column block. For
+     16-bit inputs on sm_90+ GPUs the forward runs it as `_intra_fwd_kernel`, whose loads are TMA copies.
 Backward reuses the forward's gates and boundary states (kept in the inputs' dtype: for bf16, (S / L + 1) * NH *
 DHQK * DHV * 2 bytes per sequence between forward and backward, e.g. 0.54 GB at S = 65,536, NH = 8, DHQK = 256,
 DHV = 512, L = 256), walks the chunks in reverse for the state gradients (same two kernels), forms the scores of
@@ -53,6 +54,11 @@ from kernels.mlstm.chunk_states_triton import (
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice
+
+try:  # host-side TMA descriptors (Triton >= 3.4); without them the forward keeps the plain intra kernel
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 # Modes of the rank-1 term of the intra kernel: none, a = per-row scalar (b = 1), b = per-column scalar (a = 1).
 _AUG_NONE, _AUG_ROWS, _AUG_COLS = 0, 1, 2
@@ -157,6 +163,30 @@ def _scores_kernel(
 
 
 @triton.jit
+def _row_weights(GB, MROWS, MSTATE, tok0, offs_r, mask_r, state, SIG: tl.constexpr):
+    """Rows t of a chunk read forwards (h, dq): their stabiliser m_t (0 for sig) and the boundary state's weight
+    rho_t = exp(b_t + m_state - m_t) (0 past the chunk)."""
+    b_r = tl.load(GB + tok0 + offs_r, mask=mask_r, other=0.0)
+    if SIG:
+        m_r = tl.zeros(offs_r.shape, dtype=tl.float32)
+        rho = tl.exp(b_r)
+    else:
+        m_r = tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0)
+        rho = tl.exp(b_r + tl.load(MSTATE + state) - m_r)
+    return m_r, tl.where(mask_r, rho, 0.0)
+
+
+@triton.jit
+def _denominator(qn, m_r, eps, SIG: tl.constexpr, NORMALIZE: tl.constexpr):
+    """The output's normaliser max(|q.n|, exp(-m)) + eps (exp), max(|q.n|, 1) + eps (sig), or 1 (sig unnormalised)."""
+    if SIG:
+        if NORMALIZE:
+            return tl.maximum(tl.abs(qn), 1.0) + eps
+        return tl.full(qn.shape, 1.0, dtype=tl.float32)
+    return tl.maximum(tl.abs(qn), tl.exp(-m_r)) + eps
+
+
+@triton.jit
 def _intra_kernel(
     A, P, X, OUT, STM, STV, AUG, R, RDOT, GB, GLI, MROWS, QN, MSTATE, CHUNKS,
     n_chunks, NH, S, stride_ma, stride_mx, rdot_stride, sigma_m, eps,
@@ -186,31 +216,23 @@ def _intra_kernel(
     mask_r = offs_r < length
     offs_x = xt * BX + tl.arange(0, BX)
     mask_x = offs_x < DX
-    b_r = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
     if REVERSE:
         state = (slot + 1) * NH + head  # columns t >= s: the state after the chunk, fed by the rows s
-    else:
-        state = slot * NH + head  # the state before the chunk, read by the rows t
-    if SIG:
-        m_state = 0.0
-    else:
-        m_state = tl.load(MSTATE + state)
-
-    if REVERSE:
+        if SIG:
+            m_state = 0.0
+        else:
+            m_state = tl.load(MSTATE + state)
+        b_r = tl.load(gb_ptr + offs_r, mask=mask_r, other=0.0)
         g = tl.load(gb_ptr + length - 1)
         li_r = tl.load(gli_ptr + offs_r, mask=mask_r, other=0.0)
-        rho = tl.exp(g - b_r + li_r - m_state)
+        rho = tl.where(mask_r, tl.exp(g - b_r + li_r - m_state), 0.0)
         j_lo = r0
         j_hi = length
     else:
+        state = slot * NH + head  # the state before the chunk, read by the rows t
+        m_r, rho = _row_weights(GB, MROWS, MSTATE, tok0, offs_r, mask_r, state, SIG)
         j_lo = 0
         j_hi = tl.minimum(r0 + BR, length)
-        if SIG:
-            m_r = tl.zeros((BR,), dtype=tl.float32)
-        else:
-            m_r = tl.load(MROWS + tok0 + offs_r, mask=mask_r, other=0.0)
-        rho = tl.exp(b_r + m_state - m_r)
-    rho = tl.where(mask_r, rho, 0.0)
 
     # boundary state: acc = rho * sigma_m * (A @ M + a * U)
     offs_k = tl.arange(0, BK)
@@ -248,20 +270,70 @@ def _intra_kernel(
     out_offs = offs_r[:, None] * DX + offs_x[None, :]
     out_mask = mask_r[:, None] & mask_x[None, :]
     if FWD:
-        qn = tl.load(QN + tok0 + offs_r, mask=mask_r, other=0.0)
-        if SIG:
-            if NORMALIZE:
-                denom = tl.maximum(tl.abs(qn), 1.0) + eps
-            else:
-                denom = tl.full((BR,), 1.0, dtype=tl.float32)
-        else:
-            denom = tl.maximum(tl.abs(qn), tl.exp(-m_r)) + eps
+        denom = _denominator(tl.load(QN + tok0 + offs_r, mask=mask_r, other=0.0), m_r, eps, SIG, NORMALIZE)
         tl.store(out_ptr + out_offs, (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=out_mask)
     else:
         tl.store(out_ptr + out_offs, acc.to(OUT.dtype.element_ty), mask=out_mask)
         if ROWDOT:
             rv = tl.load(R + tok0 * DX + out_offs, mask=out_mask, other=0.0)
             tl.store(RDOT + xt * rdot_stride + tok0 + offs_r, tl.sum(acc * rv.to(tl.float32), axis=1), mask=mask_r)
+
+
+@triton.jit
+def _intra_fwd_kernel(
+    A_DESC, M_DESC, P_DESC, X_DESC, X, OUT, GB, MROWS, QN, MSTATE, CHUNKS, n_chunks, NH, S, sigma_m, eps,
+    L: tl.constexpr, DA: tl.constexpr, DX: tl.constexpr, SIG: tl.constexpr, NORMALIZE: tl.constexpr,
+    BK: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr,
+):
+    """`_intra_kernel`'s forward mode (h) with its tiles loaded through TMA tensor descriptors (16-bit inputs, sm_90+):
+    the copies bypass the registers, so a 128-row tile at 4 warps pipelines (0.83 against 0.93 ms per launch on an
+    H100 at 64k tokens, DHQK 256, DHV 512; benchmarks/notes/mlstm_kernels.md, session 15).
+
+    The descriptors span whole tensors, not chunks: q rows past the chunk give output rows that are not stored, and
+    the chunk's diagonal tiles mask P (whose entries s > t are never written) and load X with a mask. Requires
+    BR % BJ == 0, so that the tiles below the diagonal are whole.
+    """
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    head = tl.program_id(2)
+    n_xt = tl.cdiv(DX, BX)
+    xt = pid % n_xt
+    r0 = (pid // n_xt) * BR
+    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    if r0 >= length:
+        return
+    offs_r = r0 + tl.arange(0, BR)
+    mask_r = offs_r < length
+    x0 = xt * BX
+    offs_x = x0 + tl.arange(0, BX)
+    mask_x = offs_x < DX
+    state = slot * NH + head
+    m_r, rho = _row_weights(GB, MROWS, MSTATE, tok0, offs_r, mask_r, state, SIG)
+
+    tok = tok0.to(tl.int32)  # descriptor coordinates are 32-bit (checked by the launcher)
+    acc = tl.zeros((BR, BX), dtype=tl.float32)
+    for k0 in range(0, DA, BK):
+        a = A_DESC.load([tok + r0, k0])
+        mt = M_DESC.load([state.to(tl.int32), k0, x0]).reshape(BK, BX)
+        acc = tl.dot(a, mt, acc)
+    acc = acc * (rho * sigma_m)[:, None]
+
+    p_row = ((chunk * NH + head) * L + r0).to(tl.int32)
+    for j0 in range(0, r0, BJ):  # whole tiles below the diagonal
+        acc = tl.dot(P_DESC.load([p_row, j0]), X_DESC.load([tok + j0, x0]), acc)
+    j_hi = tl.minimum(r0 + BR, length)
+    for j0 in range(r0, j_hi, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mask_j = offs_j < j_hi
+        ok = (offs_j[None, :] <= offs_r[:, None]) & mask_r[:, None] & mask_j[None, :]
+        p = tl.where(ok, P_DESC.load([p_row, j0]), 0.0)
+        xb = tl.load(X + (tok0 + offs_j)[:, None] * DX + offs_x[None, :], mask=mask_j[:, None] & mask_x[None, :],
+                     other=0.0)
+        acc = tl.dot(p.to(xb.dtype), xb, acc)
+
+    denom = _denominator(tl.load(QN + tok0 + offs_r, mask=mask_r, other=0.0), m_r, eps, SIG, NORMALIZE)
+    tl.store(OUT + (tok0 + offs_r)[:, None] * DX + offs_x[None, :], (acc / denom[:, None]).to(OUT.dtype.element_ty),
+             mask=mask_r[:, None] & mask_x[None, :])
 
 
 @triton.jit
@@ -326,8 +398,33 @@ def _intra_tiles() -> TileChoice:
                       reset_to_zero=["RDOT"])
 
 
+def _descriptor_blocks(args: dict) -> None:
+    """pre_hook of the TMA forward kernel's configs: the descriptors' block shapes are its tiles."""
+    BR, BJ, BX, BK = (args[name] for name in ("BR", "BJ", "BX", "BK"))
+    args["A_DESC"].block_shape = [BR, BK]
+    args["M_DESC"].block_shape = [1, BK, BX]
+    args["P_DESC"].block_shape = [BR, BJ]
+    args["X_DESC"].block_shape = [BJ, BX]
+
+
+def _intra_fwd_tiles() -> TileChoice:
+    """The TMA forward kernel's tiles (BR % BJ == 0), pinned from an H100 sweep at DHQK=256, DHV=512, chunk 256, bf16
+    (benchmarks/results/mlstm_tma_forward_s15.json). Left out, since they gave other results than the rest on the
+    H100 (Triton 3.6): (BR 128, BJ 64, BX 256) / 8 warps / 3 stages (sig h off by 0.5, exp right; the plain intra
+    kernel's (64, 64, 256) / 8 warps did the like in session 6) and (128, 64, 64) / 4 warps / 4 stages (5e-3 off
+    where its 3-stage twin is exact)."""
+    conf = lambda warps, stages, **tiles: triton.Config(tiles, num_warps=warps, num_stages=stages,
+                                                        pre_hook=_descriptor_blocks)
+    configs = [conf(4, 3, BR=128, BJ=64, BX=128), conf(4, 3, BR=64, BJ=64, BX=128), conf(4, 2, BR=128, BJ=64, BX=128),
+               conf(4, 3, BR=128, BJ=32, BX=128), conf(4, 3, BR=128, BJ=64, BX=64), conf(8, 3, BR=256, BJ=64, BX=128),
+               conf(8, 3, BR=128, BJ=64, BX=128)]
+    return TileChoice(_intra_fwd_kernel, configs, pinned={"h": 0}, small=conf(4, 1, BR=32, BJ=16, BX=32),
+                      key=["DA", "DX", "SIG"])
+
+
 SCORES_TILES = _scores_tiles()
 INTRA_TILES = _intra_tiles()
+INTRA_FWD_TILES = _intra_fwd_tiles()
 
 
 def _scores(case: str, layout: ChunkLayout, chunk_size: int, *, A, BM, out, gb, gli, mrows, mstate, sigma_ab: float,
@@ -389,6 +486,40 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, P, X, out, stm
         L=chunk_size, DA=DA, DX=DX, REVERSE=mode in ("dk", "dv"), FWD=mode == "h", AUG_MODE=aug_mode,
         ROWDOT=rows_dot is not None, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(A.dtype), BK=BK,
     )
+
+
+def _takes_tma_forward(q: torch.Tensor, P: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> bool:
+    """Whether the forward's intra product runs as `_intra_fwd_kernel`: 16-bit inputs on an sm_90+ GPU (or the
+    interpreter), rows of 16-byte multiples and 16-byte aligned tensors (TMA's rules), coordinates within int32."""
+    if TensorDescriptor is None or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if not interpreter_enabled() and not (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9):
+        return False
+    rows_ok = all(t.shape[-1] % 8 == 0 and t.data_ptr() % 16 == 0 for t in (q, P, v, c))
+    return rows_ok and max(q.numel() // q.shape[-1], P.numel() // P.shape[-1], c.shape[0] * c.shape[1]) < 2**31
+
+
+def _intra_forward(layout: ChunkLayout, chunk_size: int, *, q, P, v, out, c, n, gb, gli, mrows, m, qn, scale: float,
+                   sig: bool, normalize: bool, eps: float):
+    """h = the boundary states' and the in-chunk products (`_intra` mode 'h'), on the TMA kernel where it applies."""
+    if not _takes_tma_forward(q, P, v, c):
+        _intra("h", layout, chunk_size, A=q, P=P, X=v, out=out, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows, mstate=m,
+               qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
+        return
+    B, NH, S, DA = q.shape
+    DX = v.shape[-1]
+    block = [8, 8]  # placeholders: the config's pre_hook sets the tiles
+    descs = (TensorDescriptor(q, [B * NH * S, DA], [DA, 1], block),
+             TensorDescriptor(c, [c.shape[0] * NH, DA, DX], [DA * DX, DX, 1], [1, 8, 8]),
+             TensorDescriptor(P, [P.shape[0] * NH * chunk_size, chunk_size], [chunk_size, 1], block),
+             TensorDescriptor(v, [B * NH * S, DX], [DX, 1], block))
+
+    def grid(meta):
+        return (triton.cdiv(chunk_size, meta["BR"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
+
+    INTRA_FWD_TILES.launch("h", grid, *descs, v, out, gb, mrows, qn, m, layout.chunks, layout.n_chunks, NH, S, scale,
+                           eps, L=chunk_size, DA=DA, DX=DX, SIG=sig, NORMALIZE=normalize,
+                           BK=_pow2(DA, high=32 if interpreter_enabled() else 64))
 
 
 def _gate_buffers(igate: torch.Tensor, sig: bool):
@@ -470,8 +601,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
         scores = _score_buffer(layout, q.shape[1], chunk_size, q)
         _scores("h", layout, chunk_size, A=q, BM=k, out=scores, gb=gb, gli=gli, gmax=gmax, mrows=mrows, mstate=m,
                 stv=n, qn=qn, sigma_ab=scale, sigma_x=1.0, sigma_m=scale, sig=sig)
-        _intra("h", layout, chunk_size, A=q, P=scores, X=v, out=h, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows,
-               mstate=m, qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
+        _intra_forward(layout, chunk_size, q=q, P=scores, v=v, out=h, c=c, n=n, gb=gb, gli=gli, mrows=mrows, m=m,
+                       qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
         # the backward reuses the boundary states (c in the inputs' dtype) and the scores instead of recomputing them
         ctx.save_for_backward(q, k, v, igate, fgate, h, gb, gli, mrows, qn, c, n, m, scores, c0, n0, m0, *last)
         ctx.config = (variant, chunk_size, normalize, eps, layout)

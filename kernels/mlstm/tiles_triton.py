@@ -29,8 +29,12 @@ class TileChoice:
         return self.small if interpreter_enabled() else self.configs[self.pinned[case]]
 
     def launch(self, case: str, grid, *args, **kwargs):
-        """Run the kernel; `grid` maps the config's meta-parameters to the launch grid. Returns the compiled kernel
-        (its `n_regs` and `n_spills` are the ptxas report)."""
+        """Run the kernel; `grid` maps the config's meta-parameters to the launch grid. A config's pre_hook (e.g.
+        one that sets tensor descriptors' block shapes to its tiles) runs first. Returns the compiled kernel (its
+        `n_regs` and `n_spills` are the ptxas report)."""
         if os.environ.get("KERNELS_TRITON_AUTOTUNE", "0") == "1" and not interpreter_enabled():
             return self.tuner[grid](*args, **kwargs)
-        return self.kernel[grid](*args, **kwargs, **self.config(case).all_kwargs())
+        config = self.config(case)
+        if config.pre_hook is not None:  # as the autotuner calls it: with the arguments and the config's values
+            config.pre_hook({**dict(zip(self.kernel.arg_names, args)), **kwargs, **config.kwargs})
+        return self.kernel[grid](*args, **kwargs, **config.all_kwargs())

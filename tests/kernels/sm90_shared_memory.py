@@ -33,8 +33,8 @@ def _types(dtype: str, in_dtype: str):
 
 def cases() -> dict[str, tuple]:
     """name -> (kernel, argument types, constexprs, pinned config): the local kernel at chunk sizes 256 to 1024, the
-    scores and intra kernels at chunk 512 (their tiles do not grow with the chunk), every launch case, head dims
-    512."""
+    scores and intra kernels (and the TMA forward kernel, descriptors in bf16) at chunk 512 (their tiles do not grow
+    with the chunk), every launch case, head dims 512."""
     out = {}
     for chunk in (256, 512, 1024):
         for case in ("fwd", "rev", "fp32"):
@@ -63,6 +63,13 @@ def cases() -> dict[str, tuple]:
                           BK=states.pow2_block(HEAD_DIM, high=64))
         config = chunkwise.INTRA_TILES.configs[chunkwise.INTRA_TILES.pinned[case]]
         out[f"intra-{case}"] = (chunkwise._intra_kernel, types, constexprs, config)
+    config = chunkwise.INTRA_FWD_TILES.configs[chunkwise.INTRA_FWD_TILES.pinned["h"]]
+    BK, BR, BJ, BX = 64, config.kwargs["BR"], config.kwargs["BJ"], config.kwargs["BX"]
+    blocks = {"A_DESC": f"[{BR},{BK}]", "M_DESC": f"[1,{BK},{BX}]", "P_DESC": f"[{BR},{BJ}]", "X_DESC": f"[{BJ},{BX}]"}
+    plain = _types("bf16", "X OUT")
+    types = lambda name: f"tensordesc<bf16{blocks[name]}>" if name in blocks else plain(name)
+    constexprs = dict(L=512, DA=HEAD_DIM, DX=HEAD_DIM, SIG=False, NORMALIZE=True, BK=BK)
+    out["intra_fwd-h"] = (chunkwise._intra_fwd_kernel, types, constexprs, config)
     return out
 
 

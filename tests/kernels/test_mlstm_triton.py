@@ -176,6 +176,54 @@ def test_scores_and_intra_tiles_may_differ(variant, monkeypatch):
     check_against_reference(leaves, variant, torch.float32, chunk_size=64)
 
 
+def _spy_tma_forward(monkeypatch) -> list:
+    """Launches of the forward's TMA kernel, recorded; the score buffer starts as NaN, so that a read of an entry
+    s > t (never written) shows in h."""
+    from kernels.mlstm import chunkwise_triton as cw
+
+    launches, launch = [], cw.INTRA_FWD_TILES.launch
+    monkeypatch.setattr(cw.INTRA_FWD_TILES, "launch", lambda *a, **kw: launches.append(a[0]) or launch(*a, **kw))
+    monkeypatch.setattr(cw, "_score_buffer", lambda layout, NH, L, like: torch.full(
+        (layout.n_chunks, NH, L, L), float("nan"), dtype=like.dtype, device=like.device))
+    return launches
+
+
+@pytest.mark.parametrize("variant,S,chunk_size,with_state", CPU_CASES)
+def test_tma_forward_matches_reference(variant, S, chunk_size, with_state, monkeypatch):
+    """16-bit inputs take the TMA forward kernel (tiles of 32 rows: wider than a 16-token chunk, two row tiles of a
+    64-token one). At S=1 the gate gradients are differences of near-equal terms (df = q.dq - k.dk, exactly 0 in
+    the reference; di = k.dk): in fp16 they are off by 1e-3 absolute (df) and 1.0e-2 relative (di, exp) with the
+    plain intra kernel as well, so df is not compared there and di gets 4x the fp16 bound."""
+    launches = _spy_tma_forward(monkeypatch)
+    leaves = make_inputs(1, 2, S, 16, 32, variant, dtype=torch.float16, n_states=1 if with_state else None)
+    check_against_reference(leaves, variant, torch.float16, chunk_size=chunk_size, grad_factors={"di": 4.0},
+                            skip=("df",) if S == 1 else ())
+    assert launches == ["h"]
+
+
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_tma_forward_varlen(variant, monkeypatch):
+    """Packed sequences: the descriptors span the whole packed row, so the tiles of a chunk reach into the next
+    sequence's tokens, which must not leak into h."""
+    launches = _spy_tma_forward(monkeypatch)
+    cu = torch.tensor([0, 5, 22, 23, 45], dtype=torch.int32)
+    leaves = make_inputs(1, 2, 45, 24, 40, variant, dtype=torch.float16, n_states=4, seed=3)
+    check_against_reference(leaves, variant, torch.float16, chunk_size=16, cu_seqlens=cu)
+    assert launches == ["h"]
+
+
+def test_tma_forward_only_where_tma_applies():
+    """fp32 inputs and rows that are not a multiple of 16 bytes keep the plain intra kernel."""
+    from kernels.mlstm.chunkwise_triton import _takes_tma_forward
+
+    t = lambda *shape, dtype=torch.float16: torch.zeros(*shape, dtype=dtype)
+    assert _takes_tma_forward(t(1, 2, 40, 16), t(3, 2, 16, 16), t(1, 2, 40, 32), t(4, 2, 16, 32))
+    assert not _takes_tma_forward(t(1, 2, 40, 16, dtype=torch.float32), t(3, 2, 16, 16, dtype=torch.float32),
+                                  t(1, 2, 40, 32, dtype=torch.float32), t(4, 2, 16, 32, dtype=torch.float32))
+    assert not _takes_tma_forward(t(1, 2, 40, 12), t(3, 2, 16, 16), t(1, 2, 40, 32), t(4, 2, 12, 32))
+    assert not _takes_tma_forward(t(1, 2, 40, 16), t(3, 2, 20, 20), t(1, 2, 40, 32), t(4, 2, 16, 32))
+
+
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 def test_chunks_longer_than_the_local_segment(variant, monkeypatch):
     """Chunks the local kernel sums in segments (on the GPU: over 256 tokens, 128 in fp32) take their gates from the
@@ -191,12 +239,13 @@ def test_chunks_longer_than_the_local_segment(variant, monkeypatch):
 def test_tile_pins_name_configs_of_their_kernel():
     """Every launch case pins an entry of its kernel's config list (a wrong pin would only fail on a GPU)."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
-    from kernels.mlstm.chunkwise_triton import INTRA_TILES, SCORES_TILES
+    from kernels.mlstm.chunkwise_triton import INTRA_FWD_TILES, INTRA_TILES, SCORES_TILES
 
     assert set(INTRA_TILES.pinned) == {"h", "dq", "dk", "dv", "fp32"}
+    assert set(INTRA_FWD_TILES.pinned) == {"h"}
     assert set(SCORES_TILES.pinned) == {"h", "dp", "fp32"}
     assert set(LOCAL_TILES.pinned) == {"fwd", "rev", "fp32"}
-    for choice in (SCORES_TILES, INTRA_TILES, LOCAL_TILES):
+    for choice in (SCORES_TILES, INTRA_TILES, INTRA_FWD_TILES, LOCAL_TILES):
         assert all(0 <= index < len(choice.configs) for index in choice.pinned.values())
 
 
