@@ -25,6 +25,7 @@ import triton.language as tl
 
 from kernels.mlstm.chunk_layout import ChunkLayout
 from kernels.mlstm.tiles_triton import TileChoice
+from kernels.mlstm.tma import TensorDescriptor, tma_applies
 
 
 @triton.jit
@@ -111,16 +112,18 @@ def _weighted_rows(a_ptr, xaug_ptr, offs_a, mask_a, offs_l, mask_l, b, second, g
 
 @triton.jit
 def _local_kernel(
-    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, IG, FG, GMAX, n_chunks, NH, S, a_mult,
+    A, X, XAUG, GB, GLI, MROWS, MSTATE, OUT_C, OUT_N, CHUNK_G, CHUNK_L, CHUNKS, IG, FG, GMAX, X_DESC, C_DESC,
+    n_chunks, NH, S, a_mult,
     DA: tl.constexpr, DX: tl.constexpr, REVERSE: tl.constexpr, SIG: tl.constexpr, HAS_XAUG: tl.constexpr,
     GATES: tl.constexpr, PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BL: tl.constexpr, BA: tl.constexpr,
-    BX: tl.constexpr,
+    BX: tl.constexpr, TMA: tl.constexpr,
 ):
     """BA rows of one chunk's local term (all DX columns, in blocks of BX; stored in OUT_C's dtype), its share of the
     vector term (fp32) and the chunk's scalars.
 
     A chunk of at most BL tokens (BL == BLOCK_L) has its A rows read once, transposed straight from memory, and
-    weighted; that (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged.
+    weighted; that (BA x chunk) operand stays on chip while the X column blocks stream through the product unchanged
+    (with TMA: as bulk copies, and the local terms leave the same way; -0.05 ms per launch on an H100, session 15).
     Longer chunks would not fit on chip that way: each X column block then sums the chunk's BL-token segments.
     GATES (forward, whole chunks): the gates come from IG / FG (`chunk_gates`, every program; the first one of the
     chunk writes GB, GLI, GMAX for the later kernels) instead of from GB / GLI, which saves the gate kernel's launch.
@@ -174,7 +177,9 @@ def _local_kernel(
     for x0 in range(0, DX, BX):
         offs_x = x0 + tl.arange(0, BX)
         mask_x = offs_x < DX
-        if BL == BLOCK_L:
+        if TMA:  # whole chunk; rows past it (the next chunk's) meet zero columns of aw
+            acc = tl.dot(aw, X_DESC.load([tok0.to(tl.int32), x0]), input_precision=PRECISION, out_dtype=tl.float32)
+        elif BL == BLOCK_L:
             xb = tl.load(x_ptr + offs_c[:, None] * DX + offs_x[None, :], mask=mask_c[:, None] & mask_x[None, :],
                          other=0.0)
             acc = tl.dot(aw, xb, input_precision=PRECISION, out_dtype=tl.float32)
@@ -188,8 +193,11 @@ def _local_kernel(
                 xb = tl.load(x_ptr + offs_l[:, None] * DX + offs_x[None, :], mask=mask_l[:, None] & mask_x[None, :],
                              other=0.0)
                 acc = tl.dot(aw_seg, xb, acc, input_precision=PRECISION)
-        tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty),
-                 mask=mask_a[:, None] & mask_x[None, :])
+        if TMA:
+            C_DESC.store([out.to(tl.int32), pid * BA, x0], acc.to(OUT_C.dtype.element_ty).reshape(1, BA, BX))
+        else:
+            tl.store(c_ptr + offs_a[:, None] * DX + offs_x[None, :], acc.to(OUT_C.dtype.element_ty),
+                     mask=mask_a[:, None] & mask_x[None, :])
 
 
 @triton.jit
@@ -277,10 +285,19 @@ def pow2_block(x: int, low: int = 16, high: int | None = None) -> int:
     return p if high is None else min(p, high)
 
 
+def _descriptor_blocks(args: dict) -> None:
+    """pre_hook of the local kernel's configs: block shapes of its descriptors (if it got them) from its tiles."""
+    if args["TMA"]:
+        args["X_DESC"].block_shape = [args["BLOCK_L"], args["BX"]]
+        args["C_DESC"].block_shape = [1, args["BA"], args["BX"]]
+
+
 def _local_tiles() -> TileChoice:
     """The local kernel's tiles (BA rows of the state per program, BX columns per step), pinned from the H100 sweep at
-    DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json); fp32 inputs take a narrow config."""
-    conf = lambda ba, bx, warps, stages: triton.Config({"BA": ba, "BX": bx}, num_warps=warps, num_stages=stages)
+    DHQK=256, DHV=512, chunk 256, bf16 (benchmarks/results/mlstm_tiles.json; with TMA: mlstm_tma_local_s15.json, the
+    same winner); fp32 inputs take a narrow config."""
+    conf = lambda ba, bx, warps, stages: triton.Config({"BA": ba, "BX": bx}, num_warps=warps, num_stages=stages,
+                                                       pre_hook=_descriptor_blocks)
     configs = [conf(64, 128, 4, 2), conf(64, 64, 4, 3), conf(64, 128, 8, 2), conf(128, 64, 8, 2), conf(64, 32, 4, 2),
                conf(64, 64, 8, 2), conf(64, 64, 4, 2), conf(64, 32, 4, 3), conf(64, 32, 4, 4)]
     return TileChoice(_local_kernel, configs, pinned={"fwd": 8, "rev": 8, "fp32": 4}, small=conf(16, 32, 4, 1),
@@ -333,12 +350,19 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
     def grid(meta):
         return (triton.cdiv(DA, meta["BA"]), layout.n_chunks, NH)
 
+    # whole chunks of 16-bit inputs: X read and the local terms written through TMA descriptors
+    tma = local_holds_chunk(chunk_size, A.dtype) and tma_applies(A, X, out_c)
+    descs = (None, None)
+    if tma:  # placeholder blocks: the config's pre_hook sets its tiles
+        descs = (TensorDescriptor(X, [X.numel() // DX, DX], [DX, 1], [8, 8]),
+                 TensorDescriptor(out_c, [out_c.shape[0] * NH, DA, DX], [DA * DX, DX, 1], [1, 8, 8]))
     LOCAL_TILES.launch(
         "fp32" if A.dtype == torch.float32 else ("rev" if reverse else "fwd"), grid,
         A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,
-        out_c, out_n, chunk_g, chunk_l, layout.chunks, *(gates if gates is not None else (dummy,) * 3),
+        out_c, out_n, chunk_g, chunk_l, layout.chunks, *(gates if gates is not None else (dummy,) * 3), *descs,
         layout.n_chunks, NH, S, a_mult, DA=DA, DX=DX, REVERSE=reverse, SIG=sig, HAS_XAUG=xaug is not None,
         GATES=gates is not None, PRECISION=precision, BLOCK_L=pow2_block(chunk_size), BL=_segment(chunk_size, A.dtype),
+        TMA=tma,
     )
     init_c, init_n, init_m = (x if x is not None else dummy for x in (init or (None, None, None)))
     BLOCK = 1024

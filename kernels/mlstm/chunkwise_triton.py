@@ -54,11 +54,7 @@ from kernels.mlstm.chunk_states_triton import (
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice
-
-try:  # host-side TMA descriptors (Triton >= 3.4); without them the forward keeps the plain intra kernel
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
+from kernels.mlstm.tma import TensorDescriptor, tma_applies
 
 # Modes of the rank-1 term of the intra kernel: none, a = per-row scalar (b = 1), b = per-column scalar (a = 1).
 _AUG_NONE, _AUG_ROWS, _AUG_COLS = 0, 1, 2
@@ -489,14 +485,8 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, P, X, out, stm
 
 
 def _takes_tma_forward(q: torch.Tensor, P: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> bool:
-    """Whether the forward's intra product runs as `_intra_fwd_kernel`: 16-bit inputs on an sm_90+ GPU (or the
-    interpreter), rows of 16-byte multiples and 16-byte aligned tensors (TMA's rules), coordinates within int32."""
-    if TensorDescriptor is None or q.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if not interpreter_enabled() and not (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9):
-        return False
-    rows_ok = all(t.shape[-1] % 8 == 0 and t.data_ptr() % 16 == 0 for t in (q, P, v, c))
-    return rows_ok and max(q.numel() // q.shape[-1], P.numel() // P.shape[-1], c.shape[0] * c.shape[1]) < 2**31
+    """Whether the forward's intra product runs as `_intra_fwd_kernel` (`tma_applies` to all its operands)."""
+    return tma_applies(q, P, v, c)
 
 
 def _intra_forward(layout: ChunkLayout, chunk_size: int, *, q, P, v, out, c, n, gb, gli, mrows, m, qn, scale: float,

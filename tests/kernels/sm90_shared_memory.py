@@ -39,12 +39,18 @@ def cases() -> dict[str, tuple]:
     for chunk in (256, 512, 1024):
         for case in ("fwd", "rev", "fp32"):
             dtype, reverse = ("fp32" if case == "fp32" else "bf16"), case == "rev"
-            types = _types(dtype, "A X OUT_C")
             torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-            constexprs = dict(DA=HEAD_DIM, DX=HEAD_DIM, REVERSE=reverse, SIG=False, HAS_XAUG=reverse,
-                              GATES=not reverse and states.local_holds_chunk(chunk, torch_dtype), PRECISION="tf32",
-                              BLOCK_L=chunk, BL=states._segment(chunk, torch_dtype))
+            whole = states.local_holds_chunk(chunk, torch_dtype)
+            tma = whole and dtype == "bf16"  # the launcher's choice on an H100
             config = states.LOCAL_TILES.configs[states.LOCAL_TILES.pinned[case]]
+            BA, BX = config.kwargs["BA"], config.kwargs["BX"]
+            blocks = {"X_DESC": f"[{chunk},{BX}]", "C_DESC": f"[1,{BA},{BX}]"} if tma else {}
+            plain = _types(dtype, "A X OUT_C")
+            types = lambda name, plain=plain, blocks=blocks: (f"tensordesc<bf16{blocks[name]}>" if name in blocks
+                                                              else plain(name))
+            constexprs = dict(DA=HEAD_DIM, DX=HEAD_DIM, REVERSE=reverse, SIG=False, HAS_XAUG=reverse,
+                              GATES=not reverse and whole, PRECISION="tf32", BLOCK_L=chunk,
+                              BL=states._segment(chunk, torch_dtype), TMA=tma)
             out[f"local-{case}-L{chunk}"] = (states._local_kernel, types, constexprs, config)
     for case in ("h", "dp", "fp32"):
         dtype = "fp32" if case == "fp32" else "bf16"
