@@ -32,6 +32,20 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def graph_ms(fn: Callable[[], object], calls: int = 20) -> float:
+    """GPU ms per call of fn: `calls` calls captured in one CUDA graph, its replays timed (median of
+    triton.testing.do_bench). Without the graph, ops of ~0.1 ms that enqueue a few kernels measure the host."""
+    import triton
+
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=100, return_mode="median") / calls
+
+
 def gpu_kernel_time(prof) -> tuple[float, int]:
     """(ms, launches) of the GPU kernels a torch.profiler run recorded, by their own time."""
     from torch.autograd import DeviceType
