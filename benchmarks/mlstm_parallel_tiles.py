@@ -1,4 +1,5 @@
-"""Tile sweep of the fused parallel mLSTM kernels (kernels/mlstm/parallel_triton.py) on the whole-head path.
+"""Tile sweep of the fused parallel mLSTM kernels (kernels/mlstm/parallel_triton.py): whole-head or sliced, as the
+head width picks (`--shape 256 4 196 192` for ViL-S's heads).
 
 At ViL-T's cell shape by default (B=256, NH=4, S=196, DH=96, bf16, the (B, S, NH, D) layout the layer passes): for
 each launch case (forward, dq, dk/dv) every candidate (rows, columns, warps, stages) is timed on its own op (the
@@ -17,9 +18,14 @@ import torch
 
 from benchmarks.common import graph_ms, row, write_results
 
-# 8 warps only for 128-row tiles: with 32 or 64 rows they were 1.5-4x slower than 4 warps in the session-13 sweep
+# Whole-head kernels (rows, columns, warps, stages); 8 warps only for 128-row tiles: with 32 or 64 rows they were
+# 1.5-4x slower than 4 warps in the session-13 sweep.
 CANDIDATES = [(br, bj, 8 if br == 128 else 4, stages)
               for br, bj, stages in itertools.product((32, 64, 128), (16, 32, 64), (1, 2, 3, 4))]
+# Sliced kernels (heads wider than parallel_triton.SMALL_HEAD: ViL-S and ViL-B): (rows, columns, head-dim slice,
+# output columns, warps, stages); the slices of 128 as pinned since the first sweep, rows / columns / stages varied.
+SLICED_CANDIDATES = [(br, bj, 128, 128, 4, stages)
+                     for br, bj, stages in itertools.product((32, 64), (32, 64), (1, 2, 3))]
 
 
 def _inputs(B: int, NH: int, S: int, D: int, seed: int = 0):
@@ -46,25 +52,28 @@ def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
     ops = {"fwd": (forward, lambda outs: outs[:1]), "dq": (backward, lambda outs: outs[:1]),
            "dkdv": (backward, lambda outs: outs[1:3])}
     shape = f"B{B}-NH{NH}-S{S}-D{D}"
-    rows, pinned = [], dict(pt.WHOLE_HEAD_TILES)
+    whole = pt.whole_head(D, D)
+    table, candidates = (pt.WHOLE_HEAD_TILES, CANDIDATES) if whole else (pt.TILES, SLICED_CANDIDATES)
+    rows, pinned = [], dict(table)
     for case, (op, pick) in ops.items():
         reference = [t.clone() for t in pick(op())]
         best = None
-        for br, bj, warps, stages in CANDIDATES:
-            pt.WHOLE_HEAD_TILES[case] = (br, bj, warps, stages)
+        for tiles in candidates:
+            table[case] = tiles
+            config = "x".join(f"{name}{value}" for name, value in zip(("BR", "BJ", "BD", "BX"), tiles[:-2]))
+            config += f"/w{tiles[-2]}/s{tiles[-1]}"
             try:
                 err = _rel_err(pick(op()), reference)
                 ms = graph_ms(op)
             except Exception as failure:  # noqa: BLE001 (a config that does not fit is reported, not fatal)
-                print(f"{case} BR{br}xBJ{bj}/w{warps}/s{stages} failed: {type(failure).__name__}")
+                print(f"{case} {config} failed: {type(failure).__name__}")
                 continue
-            config = f"BR{br}xBJ{bj}/w{warps}/s{stages}"
             rows.append(row("ours:triton", f"parallel:{case}:{shape}", "op_time", round(ms, 4), "ms", config=config,
-                            max_rel_err_vs_pinned=round(err, 5),
-                            pinned=(br, bj, warps, stages) == tuple(pinned[case])))
+                            kernels="whole-head" if whole else "sliced", max_rel_err_vs_pinned=round(err, 5),
+                            pinned=tuple(tiles) == tuple(pinned[case])))
             if best is None or ms < best[1]:
                 best = (config, ms)
-        pt.WHOLE_HEAD_TILES[case] = pinned[case]
+        table[case] = pinned[case]
         print(f"{case}: fastest {best[0]} {best[1]:.4f} ms")
     return rows
 

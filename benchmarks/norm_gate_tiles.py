@@ -13,9 +13,8 @@ import argparse
 import itertools
 
 import torch
-import triton
 
-from benchmarks.common import row, write_results
+from benchmarks.common import graph_ms, row, write_results
 
 CANDIDATES = list(itertools.product((4, 8, 16, 32), (1, 2, 4)))
 
@@ -34,7 +33,7 @@ def _rel_err(outs, refs) -> float:
 
 
 def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
-    """Rows of op time (ms, median of triton.testing.do_bench) and relative error per candidate."""
+    """Rows of op time (GPU ms per op from CUDA-graph replays) and relative error per candidate."""
     from xlstm_core import norm_gate_triton as ng
 
     dy, h, x_skip, z, (weight, bias, skip) = _inputs(B, T, NH, DH)
@@ -45,7 +44,7 @@ def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
     for block, warps in CANDIDATES:
         ng.BWD_BM, ng.BWD_WARPS = block, warps
         err = _rel_err(op(), reference)
-        ms = triton.testing.do_bench(op, warmup=10, rep=50, return_mode="median")
+        ms = graph_ms(op)
         rows.append(row("ours:triton", case, "bwd_time", round(ms, 4), "ms", BLOCK=block, num_warps=warps,
                         rel_err_vs_pinned=round(err, 7), pinned=(block, warps) == pinned))
     ng.BWD_BM, ng.BWD_WARPS = pinned

@@ -20,8 +20,9 @@ import triton.language as tl
 # The forward's tokens per program (with 4 warps): 13 blocks cover ViL's 196 patches with 6% padding. (Compiled for
 # sm_90 at 32 tokens the backward needed 255 registers and spilled; at 16 it takes 128.)
 BM = 16
-# The backward's tokens per program and warps, from an H100 sweep of ten configs at ViL-T's shape (batch 256, 4 heads
-# of 96, bf16): 0.210 ms against 0.256 at 16 tokens / 4 warps; its memory floor is ~0.09 ms.
+# The backward's tokens per program and warps, from an H100 sweep of twelve configs at ViL-T's shape (batch 256, 4
+# heads of 96, bf16; benchmarks/norm_gate_tiles.py, GPU time from CUDA-graph replays): 0.204 ms against 0.250 at 16
+# tokens / 4 warps and 0.201 at 4 tokens / 1 warp (within the run-to-run spread); its memory floor is ~0.09 ms.
 BWD_BM, BWD_WARPS = 8, 2
 
 
