@@ -159,6 +159,18 @@ def _scores_kernel(
 
 
 @triton.jit
+def _output_tile(CHUNKS, n_chunks, NH, S, DX, BX: tl.constexpr, BR: tl.constexpr):
+    """This program's output tile of the intra kernels (grid: row tiles x column blocks, chunks, heads): its chunk,
+    head, column block, first row, and the chunk's length, first token and start slot."""
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    head = tl.program_id(2)
+    n_xt = tl.cdiv(DX, BX)
+    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    return chunk, head, pid % n_xt, (pid // n_xt) * BR, length, tok0, slot
+
+
+@triton.jit
 def _row_weights(GB, MROWS, MSTATE, tok0, offs_r, mask_r, state, SIG: tl.constexpr):
     """Rows t of a chunk read forwards (h, dq): their stabiliser m_t (0 for sig) and the boundary state's weight
     rho_t = exp(b_t + m_state - m_t) (0 past the chunk)."""
@@ -195,13 +207,7 @@ def _intra_kernel(
     The boundary-state product runs first, in slices of BK, into the one accumulator; the in-chunk product then
     adds the weighted scores (P, from `_scores_kernel`; transposed for the reverse modes) times the X rows.
     """
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    head = tl.program_id(2)
-    n_xt = tl.cdiv(DX, BX)
-    xt = pid % n_xt
-    r0 = (pid // n_xt) * BR
-    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    chunk, head, xt, r0, length, tok0, slot = _output_tile(CHUNKS, n_chunks, NH, S, DX, BX, BR)
     if r0 >= length:
         return
     # the chunk's own base pointers keep every tile offset below in 32 bits
@@ -282,20 +288,14 @@ def _intra_fwd_kernel(
     BK: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr, BX: tl.constexpr,
 ):
     """`_intra_kernel`'s forward mode (h) with its tiles loaded through TMA tensor descriptors (16-bit inputs, sm_90+):
-    the copies bypass the registers, so a 128-row tile at 4 warps pipelines (0.83 against 0.93 ms per launch on an
+    the copies bypass the registers, so a 128-row tile at 4 warps pipelines (0.81 against 0.93 ms per launch on an
     H100 at 64k tokens, DHQK 256, DHV 512; benchmarks/notes/mlstm_kernels.md, session 15).
 
     The descriptors span whole tensors, not chunks: q rows past the chunk give output rows that are not stored, and
     the chunk's diagonal tiles mask P (whose entries s > t are never written) and load X with a mask. Requires
     BR % BJ == 0, so that the tiles below the diagonal are whole.
     """
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    head = tl.program_id(2)
-    n_xt = tl.cdiv(DX, BX)
-    xt = pid % n_xt
-    r0 = (pid // n_xt) * BR
-    length, tok0, slot = chunk_base(CHUNKS, chunk, n_chunks, NH, S, head)
+    chunk, head, xt, r0, length, tok0, slot = _output_tile(CHUNKS, n_chunks, NH, S, DX, BX, BR)
     if r0 >= length:
         return
     offs_r = r0 + tl.arange(0, BR)
