@@ -212,6 +212,17 @@ def test_tma_forward_varlen(variant, monkeypatch):
     assert launches == ["h"]
 
 
+@pytest.mark.parametrize("variant", ["exp", "sig"])
+def test_tma_heads_wider_than_a_column_block(variant, monkeypatch):
+    """Head dims above the interpreter tile's 32 columns: the descriptors' column offsets are exercised (in the
+    tiles below the diagonal too: 64-token chunks hold two 32-row tiles), with an initial state so that every
+    boundary product counts."""
+    launches = _spy_tma_forward(monkeypatch)
+    leaves = make_inputs(1, 2, 70, 80, 72, variant, dtype=torch.float16, n_states=1, seed=2)
+    check_against_reference(leaves, variant, torch.float16, chunk_size=64)
+    assert launches == ["h"]
+
+
 def test_tma_forward_only_where_tma_applies():
     """fp32 inputs and rows that are not a multiple of 16 bytes keep the plain intra kernel."""
     from kernels.mlstm.chunkwise_triton import _takes_tma_forward
