@@ -351,7 +351,7 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
         return (triton.cdiv(DA, meta["BA"]), layout.n_chunks, NH)
 
     # whole chunks of 16-bit inputs: X read and the local terms written through TMA descriptors
-    tma = local_holds_chunk(chunk_size, A.dtype) and tma_applies(A, X, out_c)
+    tma = local_holds_chunk(chunk_size, A.dtype) and tma_applies(X, out_c)
     descs = (None, None)
     if tma:  # placeholder blocks: the config's pre_hook sets its tiles
         descs = (TensorDescriptor(X, [X.numel() // DX, DX], [DX, 1], [8, 8]),
