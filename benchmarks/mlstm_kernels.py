@@ -168,8 +168,9 @@ def _config_name(config) -> str:
 def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "intra_fwd", "local")):
     """Every tile config of the scores, intra (plain and TMA forward) and local kernels (those named in `kernels`),
     per launch case: device time (CUDA events around each launch, median over `repeats` exp fwd+bwd runs), ptxas
-    registers and spills, and the largest relative error of h and the gradients against the first config. Pins each
-    case's fastest config, then returns the rows."""
+    registers and spills, and the largest relative error of h and the gradients, exp and sig, against the first
+    config (a TMA config once gave a wrong sig h with exp right). Pins each case's fastest config, then returns the
+    rows."""
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
     from kernels.mlstm.chunkwise_triton import INTRA_FWD_TILES, INTRA_TILES, SCORES_TILES
 
@@ -177,9 +178,9 @@ def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "intra_f
     leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
     grad = torch.randn_like(leaves[2])
 
-    def step():
+    def step(variant="exp"):
         q, k, v, i, f = leaves
-        h = mlstm(q, k, v, igate=i, fgate=f, chunk_size=chunk_size, backend="triton")
+        h = mlstm(q, k, v, igate=i, fgate=f, variant=variant, chunk_size=chunk_size, backend="triton")
         return [h.detach(), *torch.autograd.grad(h, leaves, grad)]
 
     rows, first = [], None
@@ -200,7 +201,7 @@ def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "intra_f
             choice.pinned = dict.fromkeys(before, index)
             choice.launch = original
             try:
-                outs = step()
+                outs = step() + step("sig")
             except Exception as err:  # noqa: BLE001 (a config that does not compile or fit is reported, not fatal)
                 print(f"{name} {_config_name(config)} failed: {type(err).__name__}: {str(err)[:200]}")
                 continue
