@@ -32,6 +32,11 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def max_rel_err(outs, refs) -> float:
+    """The largest ||a - b|| / ||b|| over pairs of tensors: how far a tile config's outputs are from a reference's."""
+    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(outs, refs))
+
+
 def graph_ms(fn: Callable[[], object], calls: int = 20) -> float:
     """GPU ms per call of fn: `calls` calls captured in one CUDA graph, its replays timed (median of
     triton.testing.do_bench). Without the graph, ops of ~0.1 ms that enqueue a few kernels measure the host."""

@@ -24,7 +24,7 @@ import pathlib
 import torch
 import triton
 
-from benchmarks.common import peak_memory_mib
+from benchmarks.common import max_rel_err, peak_memory_mib
 from kernels import mlstm
 
 TOKENS = 65536
@@ -174,7 +174,6 @@ def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "intra_f
     from kernels.mlstm.chunk_states_triton import LOCAL_TILES
     from kernels.mlstm.chunkwise_triton import INTRA_FWD_TILES, INTRA_TILES, SCORES_TILES
 
-    rel_err = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
     leaves = _inputs(*(cfg[key] for key in ("B", "S", "NH", "DK", "DV")))
     grad = torch.randn_like(leaves[2])
 
@@ -206,7 +205,7 @@ def sweep_tiles(cfg, chunk_size, repeats=5, kernels=("scores", "intra", "intra_f
                 print(f"{name} {_config_name(config)} failed: {type(err).__name__}: {str(err)[:200]}")
                 continue
             first = first if first is not None else outs
-            err = max(rel_err(a, b) for a, b in zip(outs, first))
+            err = max_rel_err(outs, first)
             choice.launch = timed
             records.clear()
             for _ in range(repeats):

@@ -16,7 +16,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, row, write_results
+from benchmarks.common import graph_ms, max_rel_err, row, write_results
 
 # Whole-head kernels (rows, columns, warps, stages); 8 warps only for 128-row tiles: with 32 or 64 rows they were
 # 1.5-4x slower than 4 warps in the session-13 sweep.
@@ -35,10 +35,6 @@ def _inputs(B: int, NH: int, S: int, D: int, seed: int = 0):
     rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
     q, k, v = (rand(B, S, NH, D).bfloat16().transpose(1, 2) for _ in range(3))
     return q, k, v, rand(B, NH, S), rand(B, NH, S) + 3.0, rand(B, S, NH * D).bfloat16()
-
-
-def _rel_err(outs, refs) -> float:
-    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(outs, refs))
 
 
 def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
@@ -63,7 +59,7 @@ def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
             config = "x".join(f"{name}{value}" for name, value in zip(("BR", "BJ", "BD", "BX"), tiles[:-2]))
             config += f"/w{tiles[-2]}/s{tiles[-1]}"
             try:
-                err = _rel_err(pick(op()), reference)
+                err = max_rel_err(pick(op()), reference)
                 ms = graph_ms(op)
             except Exception as failure:  # noqa: BLE001 (a config that does not fit is reported, not fatal)
                 print(f"{case} {config} failed: {type(failure).__name__}")

@@ -14,7 +14,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, row, write_results
+from benchmarks.common import graph_ms, max_rel_err, row, write_results
 
 CANDIDATES = list(itertools.product((4, 8, 16, 32), (1, 2, 4)))
 
@@ -28,10 +28,6 @@ def _inputs(B: int, T: int, NH: int, DH: int):
     return rand(B, T, inner).bfloat16(), h, x_skip, up.chunk(2, dim=-1)[1], params
 
 
-def _rel_err(outs, refs) -> float:
-    return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(outs, refs))
-
-
 def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
     """Rows of op time (GPU ms per op from CUDA-graph replays) and relative error per candidate."""
     from xlstm_core import norm_gate_triton as ng
@@ -43,7 +39,7 @@ def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
     rows, case = [], f"norm_gate_bwd:B{B}-T{T}-NH{NH}-DH{DH}"
     for block, warps in CANDIDATES:
         ng.BWD_BM, ng.BWD_WARPS = block, warps
-        err = _rel_err(op(), reference)
+        err = max_rel_err(op(), reference)
         ms = graph_ms(op)
         rows.append(row("ours:triton", case, "bwd_time", round(ms, 4), "ms", BLOCK=block, num_warps=warps,
                         rel_err_vs_pinned=round(err, 7), pinned=(block, warps) == pinned))
