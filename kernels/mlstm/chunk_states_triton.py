@@ -25,7 +25,7 @@ import triton.language as tl
 
 from kernels.mlstm.chunk_layout import ChunkLayout
 from kernels.mlstm.tiles_triton import TileChoice
-from kernels.mlstm.tma import TensorDescriptor, tma_applies
+from kernels.mlstm.tma import rows_descriptor, states_descriptor, tma_applies
 
 
 @triton.jit
@@ -352,10 +352,7 @@ def chunk_states(layout: ChunkLayout, chunk_size: int, *, A, X, gb, gli, mstate,
 
     # whole chunks of 16-bit inputs: X read and the local terms written through TMA descriptors
     tma = local_holds_chunk(chunk_size, A.dtype) and tma_applies(X, out_c)
-    descs = (None, None)
-    if tma:  # placeholder blocks: the config's pre_hook sets its tiles
-        descs = (TensorDescriptor(X, [X.numel() // DX, DX], [DX, 1], [8, 8]),
-                 TensorDescriptor(out_c, [out_c.shape[0] * NH, DA, DX], [DA * DX, DX, 1], [1, 8, 8]))
+    descs = (rows_descriptor(X), states_descriptor(out_c)) if tma else (None, None)
     LOCAL_TILES.launch(
         "fp32" if A.dtype == torch.float32 else ("rev" if reverse else "fwd"), grid,
         A, X, xaug if xaug is not None else dummy, gb, gli, mrows if mrows is not None else dummy, mstate,

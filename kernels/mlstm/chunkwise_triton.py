@@ -54,7 +54,7 @@ from kernels.mlstm.chunk_states_triton import (
 from kernels.mlstm.chunk_states_triton import pow2_block as _pow2
 from kernels.mlstm.reference import MLSTMState
 from kernels.mlstm.tiles_triton import TileChoice
-from kernels.mlstm.tma import TensorDescriptor, tma_applies
+from kernels.mlstm.tma import rows_descriptor, states_descriptor, tma_applies
 
 # Modes of the rank-1 term of the intra kernel: none, a = per-row scalar (b = 1), b = per-column scalar (a = 1).
 _AUG_NONE, _AUG_ROWS, _AUG_COLS = 0, 1, 2
@@ -496,13 +496,9 @@ def _intra_forward(layout: ChunkLayout, chunk_size: int, *, q, P, v, out, c, n, 
         _intra("h", layout, chunk_size, A=q, P=P, X=v, out=out, stm=c, stv=n, gb=gb, gli=gli, mrows=mrows, mstate=m,
                qn=qn, scale=scale, sig=sig, normalize=normalize, eps=eps)
         return
-    B, NH, S, DA = q.shape
+    _, NH, S, DA = q.shape
     DX = v.shape[-1]
-    block = [8, 8]  # placeholders: the config's pre_hook sets the tiles
-    descs = (TensorDescriptor(q, [B * NH * S, DA], [DA, 1], block),
-             TensorDescriptor(c, [c.shape[0] * NH, DA, DX], [DA * DX, DX, 1], [1, 8, 8]),
-             TensorDescriptor(P, [P.shape[0] * NH * chunk_size, chunk_size], [chunk_size, 1], block),
-             TensorDescriptor(v, [B * NH * S, DX], [DX, 1], block))
+    descs = (rows_descriptor(q), states_descriptor(c), rows_descriptor(P), rows_descriptor(v))
 
     def grid(meta):
         return (triton.cdiv(chunk_size, meta["BR"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)

@@ -1,5 +1,5 @@
-"""When the chunkwise kernels may load through TMA tensor descriptors (Hopper's bulk copies), and the descriptor
-type itself (Triton >= 3.4; without it every kernel keeps its pointer loads)."""
+"""When the chunkwise kernels may load through TMA tensor descriptors (Hopper's bulk copies), the descriptor type
+itself (Triton >= 3.4; without it every kernel keeps its pointer loads), and the two layouts they describe."""
 from __future__ import annotations
 
 import torch
@@ -22,3 +22,16 @@ def tma_applies(*tensors: torch.Tensor) -> bool:
         return False
     return all(t.shape[-1] % 8 == 0 and t.data_ptr() % 16 == 0 and t.numel() // t.shape[-1] < 2**31
                for t in tensors)
+
+
+def rows_descriptor(t: torch.Tensor) -> TensorDescriptor:
+    """Descriptor of a contiguous tensor as one matrix of all its rows (..., D) -> (rows, D). The block shape is a
+    placeholder: a kernel config's pre_hook sets its tiles."""
+    return TensorDescriptor(t, [t.numel() // t.shape[-1], t.shape[-1]], [t.shape[-1], 1], [8, 8])
+
+
+def states_descriptor(t: torch.Tensor) -> TensorDescriptor:
+    """Descriptor of contiguous per-slot states (slots, NH, R, C) as (slots * NH, R, C), so that a tile never
+    reaches into the next state (placeholder block, as in `rows_descriptor`)."""
+    slots, NH, R, C = t.shape
+    return TensorDescriptor(t, [slots * NH, R, C], [R * C, C, 1], [1, 8, 8])
