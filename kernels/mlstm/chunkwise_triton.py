@@ -451,6 +451,11 @@ def _score_buffer(layout: ChunkLayout, NH: int, chunk_size: int, like: torch.Ten
     return torch.empty(layout.n_chunks, NH, chunk_size, chunk_size, device=like.device, dtype=like.dtype)
 
 
+def _state_slice(DA: int) -> int:
+    """Columns of A (rows of the boundary state) per step of the intra kernels' boundary product."""
+    return _pow2(DA, high=32 if interpreter_enabled() else 64)
+
+
 def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, P, X, out, stm, stv, gb, gli, mrows, mstate,
            scale: float, sig: bool, normalize: bool = True, eps: float = 0.0, aug=None, rows_dot=None, qn=None):
     """Launch the intra-chunk kernel in one of its modes: 'h', 'dq', 'dk', 'dv'.
@@ -469,7 +474,7 @@ def _intra(mode: str, layout: ChunkLayout, chunk_size: int, *, A, P, X, out, stm
     rdot, r = (rows_dot if rows_dot is not None else (out, out))
     dummy = gb
     half = A.element_size() == 2
-    BK = _pow2(DA, high=32 if interpreter_enabled() else 64)
+    BK = _state_slice(DA)
 
     def grid(meta):
         return (triton.cdiv(chunk_size, meta["BR"]) * triton.cdiv(DX, meta["BX"]), layout.n_chunks, NH)
@@ -505,7 +510,7 @@ def _intra_forward(layout: ChunkLayout, chunk_size: int, *, q, P, v, out, c, n, 
 
     INTRA_FWD_TILES.launch("h", grid, *descs, v, out, gb, mrows, qn, m, layout.chunks, layout.n_chunks, NH, S, scale,
                            eps, L=chunk_size, DA=DA, DX=DX, SIG=sig, NORMALIZE=normalize,
-                           BK=_pow2(DA, high=32 if interpreter_enabled() else 64))
+                           BK=_state_slice(DA))
 
 
 def _gate_buffers(igate: torch.Tensor, sig: bool):
