@@ -15,11 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
-# Tokens x channels per program, and warps: the fastest of ten shapes in an H100 sweep at ViL-T's shape (batch 256,
-# 14 x 14 tokens, 384 channels, bf16, x a strided half of the up-projection): 0.064 ms against 0.069 at 32 x 64 with
-# 4 warps (benchmarks/results/grid_conv_tiles.json); the others took up to 2x. The best is still ~2.5x its memory
-# floor (0.026 ms).
-BT, BD, WARPS = 8, 128, 2
+# Tokens x channels per program, and warps: the fastest of 26 shapes in an H100 sweep with x where the compiled layer
+# leaves it, a strided slice of the up-projection's output (`python -m benchmarks.grid_conv_tiles`,
+# benchmarks/results/grid_conv_tiles.json): 0.050 ms at ViL-T's shape (batch 256, 14 x 14 tokens, 384 channels,
+# bf16), 0.097 / 0.096 ms at ViL-S / ViL-B's: 2.5x faster than cuDNN's conv + SiLU, and as fast as PyTorch's copy of
+# the strided slice into a dense tensor (the same bytes), so the strided read, not the stencil, sets the time (the
+# read + write floor at 3 TB/s is half of it). The previous pin, 8 x 128 with 2 warps (148 registers, 19% occupancy),
+# took 0.074 ms once the up-projection had widened to 1,216 columns.
+BT, BD, WARPS = 16, 64, 2
 
 
 @triton.jit
