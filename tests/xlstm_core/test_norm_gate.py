@@ -131,6 +131,31 @@ def test_compiled_triton_layer_traces_whole_and_matches_the_torch_backend():
     check_same_output_and_gradients(layers, compiled, atol=1e-6)
 
 
+def test_compiled_inference_runs_the_triton_op_and_compiled_training_the_traced_chain():
+    """Traced without a gradient the chain is the opaque Triton op (one kernel, where inductor formed two); traced
+    for training it stays traced ops for inductor to fuse. The compiled inference output equals the eager one."""
+    layers, x = torch_and_triton_layers()
+    layer = layers[1]
+
+    def graph_ops(grad: bool):
+        ops = []
+
+        def recording_backend(gm, example_inputs):
+            ops.extend(str(node.target) for node in gm.graph.nodes)
+            return gm.forward
+
+        with torch.set_grad_enabled(grad):
+            y = torch.compile(lambda t: layer(t, grid=(3, 4)), backend=recording_backend, fullgraph=True)(x)
+        return ops, y
+
+    inference_ops, y = graph_ops(grad=False)
+    assert any("norm_skip_gate_fwd" in op for op in inference_ops)
+    with torch.no_grad():
+        assert_close(y, layer(x, grid=(3, 4)), torch.float32, "y")
+    training_ops, _ = graph_ops(grad=True)
+    assert not any("norm_skip_gate_fwd" in op for op in training_ops)
+
+
 def test_rejects_mismatched_shapes():
     h, xs, up, weight, skip = make_leaves(1, 4, 2, 8, bias=False)
     with pytest.raises(ValueError, match="x_skip, z"):
