@@ -17,7 +17,7 @@ from xlstm_core.norms import multi_head_norm
 # off. For training on the Triton backend the backward is still the fused kernel (`_TracedForwardFusedBackward`).
 # Traced for inference (no gradient) the Triton op runs: in ViL-T's compiled inference step inductor formed the chain
 # in two kernels (per-head statistics, then the chain: 0.017 + 0.053 ms per block on an H100), the Triton op takes
-# 0.060 ms (session 16, vision/README.md). True also sends compiled training to the Triton op.
+# 0.059 ms (session 16 profile, vision/README.md). True also sends compiled training to the Triton op.
 COMPILED_USES_TRITON = False
 
 
