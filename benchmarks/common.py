@@ -32,6 +32,21 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def packed_layer_widths(embedding_dim: int, num_heads: int) -> tuple[int, int, int, int]:
+    """(inner, up-projection width, q/k GEMM width, v view width) of a ViL-style pre-up mLSTM layer (grid conv, dense
+    q/k/v) as `xlstm_core.mlstm_layer.fold_weights` lays out its two GEMM outputs, [x_inner | z | v | v's gate shares
+    | padding] and [q | k | their gate shares | padding]: the strides the layer's kernels read, from the layer itself.
+    The cell's v view is the up-projection's columns [2 * inner, 2 * inner + v view width)."""
+    from xlstm_core.config import xLSTMBlockStackConfig
+    from xlstm_core.mlstm_layer import fold_weights, mLSTMPreUpLayer
+
+    cfg = xLSTMBlockStackConfig(embedding_dim=embedding_dim, num_heads=num_heads, num_blocks=1, conv_mode="grid2d",
+                                conv_kernel_size=3, dense_qkv=True)
+    with torch.device("meta"):
+        folded = fold_weights([mLSTMPreUpLayer(cfg)])[0]
+    return cfg.inner_dim, folded.w_up.shape[0], folded.w_conv.shape[1], folded.w_inner.shape[1]
+
+
 def max_rel_err(outs, refs) -> float:
     """The largest ||a - b|| / ||b|| over pairs of tensors: how far a tile config's outputs are from a reference's."""
     return max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(outs, refs))

@@ -1,11 +1,12 @@
 """Tile sweep of the fused grid conv + SiLU (xlstm_core/grid_conv_triton.py, ViL inference) in the model's layout.
 
 The kernel reads x_inner where the compiled layer leaves it: the first `inner` columns of the up-projection's output,
-whose row width (`fold_weights(...).w_up`, e.g. 1,216 at ViL-T) is taken from the model itself, so the sweep follows
-the layout if the layer changes. Batch 256 (ViL-B 128), 14 x 14 tokens, bf16. Each candidate (tokens x channels per
-program, warps) is timed from CUDA-graph replays and compared with the fp32 PyTorch conv + SiLU; measured in the same
-run: cuDNN's depthwise conv + SiLU (the training path) and a copy of the strided x_inner into a dense tensor (the same
-bytes as the kernel reads and writes). Prints a table and writes JSON (results schema of DESIGN.md).
+whose row width (e.g. 1,216 at ViL-T) is taken from the layer itself (`benchmarks.common.packed_layer_widths`), so
+the sweep follows the layout if the layer changes. Batch 256 (ViL-B 128), 14 x 14 tokens, bf16. Each candidate
+(tokens x channels per program, warps) is timed from CUDA-graph replays and compared with the fp32 PyTorch conv +
+SiLU; measured in the same run: cuDNN's depthwise conv + SiLU (the training path) and a copy of the strided x_inner
+into a dense tensor (the same bytes as the kernel reads and writes). Prints a table and writes JSON (results schema
+of DESIGN.md).
 
     python -m benchmarks.grid_conv_tiles [--sizes tiny small base] [--out benchmarks/results/grid_conv_tiles.json]
 """
@@ -14,34 +15,23 @@ from __future__ import annotations
 import argparse
 import itertools
 
-import timm
 import torch
 import torch.nn.functional as F
 
-import vision  # noqa: F401  (registers the ViL models with timm)
-from benchmarks.common import graph_ms, max_rel_err, row, write_results
+from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
 
 CANDIDATES = [(bt, bd, warps) for bt, bd, warps in itertools.product((8, 16, 32), (32, 64, 128), (1, 2, 4))
               if bt * bd // (32 * warps) >= 4]  # at least 4 elements per thread
 BATCH = {"tiny": 256, "small": 256, "base": 128}
+EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}  # ViL-T/S/B, 4 heads each
 GRID = (14, 14)
-
-
-def _layer_layout(size: str) -> tuple[int, int]:
-    """(inner, up width) of the first pre-up layer of vil_<size>_patch16_224."""
-    from xlstm_core.mlstm_layer import fold_weights, mLSTMPreUpLayer
-
-    with torch.device("meta"):
-        model = timm.create_model(f"vil_{size}_patch16_224")
-    layer = next(m for m in model.modules() if isinstance(m, mLSTMPreUpLayer))
-    return layer.proj_up.weight.shape[0] // 2, fold_weights([layer])[0].w_up.shape[0]
 
 
 def sweep(size: str) -> list[dict]:
     """Rows of kernel time (GPU ms per call) and error per candidate, plus the same-run baselines."""
     from xlstm_core import grid_conv_triton as gc
 
-    inner, width = _layer_layout(size)
+    inner, width, *_ = packed_layer_widths(EMBEDDING_DIM[size], 4)
     B, (H, W) = BATCH[size], GRID
     g = torch.Generator(device="cuda").manual_seed(0)
     up = torch.randn(B, H * W, width, device="cuda", generator=g).bfloat16()

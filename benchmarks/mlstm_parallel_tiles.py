@@ -1,10 +1,11 @@
 """Tile sweep of the fused parallel mLSTM kernels (kernels/mlstm/parallel_triton.py): whole-head or sliced, as the
 head width picks (`--shape 256 4 196 192` for ViL-S's heads).
 
-At ViL-T's cell shape by default (B=256, NH=4, S=196, DH=96, bf16, the (B, S, NH, D) layout the layer passes): for
-each launch case (forward, dq, dk/dv) every candidate (rows, columns, warps, stages) is timed on its own op (the
-forward op; the backward op with the other backward kernel at its pin), its outputs compared with those of the
-pinned tiles, and the fastest is reported per case. Prints a table and writes JSON (results schema of DESIGN.md).
+At ViL-T's cell shape by default (B=256, NH=4, S=196, DH=96, bf16, on the packed ops with the layer's GEMM-output
+layout, `_inputs`): for each launch case (forward, dq, dk/dv) every candidate (rows, columns, warps, stages) is timed
+on its own op (the forward op; the backward op with the other backward kernel at its pin), its outputs compared with
+those of the pinned tiles, and the fastest is reported per case. Prints a table and writes JSON (results schema
+of DESIGN.md).
 
     python -m benchmarks.mlstm_parallel_tiles [--out benchmarks/results/mlstm_parallel_tiles.json]
 """
@@ -16,7 +17,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, max_rel_err, row, write_results
+from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
 
 # Whole-head kernels (rows, columns, warps, stages); 8 warps only for 128-row tiles: with 32 or 64 rows they were
 # 1.5-4x slower than 4 warps in the session-13 sweep.
@@ -29,24 +30,30 @@ SLICED_CANDIDATES = [(br, bj, 128, 128, 4, stages)
 
 
 def _inputs(B: int, NH: int, S: int, D: int, seed: int = 0):
-    """q, k, v as (B, NH, S, D) views of (B, S, NH, D) bf16 storage, gates (B, NH, S), and a gradient of h as the
-    forward op returns it, (B, S, NH * D)."""
+    """The layer's two GEMM outputs as the packed cell ops read them: qk (B, S, W_qk) = [q | k | gate shares |
+    padding] and v, the columns [v | gate shares | padding] of the up-projection's (B, S, W_up) output, with the
+    widths of the layer (`packed_layer_widths`; 784 and 400 of 1,216 at ViL-T), forget gates mostly open; and a
+    gradient of h (B, S, NH * D)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
-    q, k, v = (rand(B, S, NH, D).bfloat16().transpose(1, 2) for _ in range(3))
-    return q, k, v, rand(B, NH, S), rand(B, NH, S) + 3.0, rand(B, S, NH * D).bfloat16()
+    inner, up_width, qk_width, v_width = packed_layer_widths(NH * D // 2, NH)
+    qk, up = rand(B, S, qk_width), rand(B, S, up_width)
+    qk[..., 2 * inner + NH : 2 * inner + 2 * NH] += 3.0
+    up[..., 3 * inner + NH : 3 * inner + 2 * NH] += 3.0
+    return qk.bfloat16(), up.bfloat16()[..., 2 * inner : 2 * inner + v_width], rand(B, S, inner).bfloat16()
 
 
 def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
     """Rows of op time (GPU ms per op from CUDA-graph replays: op times with the host in them measured its
-    launches, not the tiles) and relative error per (case, candidate)."""
+    launches, not the tiles) and relative error per (case, candidate), on the packed ops the layer calls."""
     pt = importlib.import_module("kernels.mlstm.parallel_triton")
-    q, k, v, igate, fgate, dh = _inputs(B, NH, S, D)
-    forward = lambda: pt._forward(q, k, v, igate, fgate, False, True, 1e-6)
+    qk, v, dh = _inputs(B, NH, S, D)
+    inner = NH * D
+    forward = lambda: pt._packed_forward(qk, v, NH, D, D, False, True, 1e-6)
     h, g, mx, alpha, gamma = forward()
-    backward = lambda: pt._backward(dh, q, k, v, h, g, mx, alpha, gamma)
-    ops = {"fwd": (forward, lambda outs: outs[:1]), "dq": (backward, lambda outs: outs[:1]),
-           "dkdv": (backward, lambda outs: outs[1:3])}
+    backward = lambda: pt._packed_backward(dh, qk, v, h, g, mx, alpha, gamma, NH, D, D, False)
+    ops = {"fwd": (forward, lambda outs: outs[:1]), "dq": (backward, lambda outs: [outs[0][..., :inner]]),
+           "dkdv": (backward, lambda outs: [outs[0][..., inner : 2 * inner], outs[1][..., :inner]])}
     shape = f"B{B}-NH{NH}-S{S}-D{D}"
     whole = pt.whole_head(D, D)
     table, candidates = (pt.WHOLE_HEAD_TILES, CANDIDATES) if whole else (pt.TILES, SLICED_CANDIDATES)

@@ -1,9 +1,10 @@
 """Tile sweep of the fused norm-skip-gate backward (xlstm_core/norm_gate_triton.py) at ViL-T's layer shape.
 
-Batch 256, 196 tokens, 4 heads of 96, bf16, z a strided half of a (B, T, 2 * inner) tensor and x_skip dense, as the
-compiled layer hands them over. Each candidate (tokens per program, warps) is timed on the whole backward op (kernel
-+ the partial-sum reduction), its gradients compared with the pinned config's; the pinned config is the baseline
-measured in the same run. Prints a table and writes JSON (results schema of DESIGN.md).
+Batch 256, 196 tokens, 4 heads of 96, bf16, z a column slice of the up-projection's output (its width from the layer,
+`benchmarks.common.packed_layer_widths`: 1,216 at ViL-T) and x_skip dense, as the compiled layer hands them over.
+Each candidate (tokens per program, warps) is timed on the whole backward op (kernel + the partial-sum reduction),
+its gradients compared with the pinned config's; the pinned config is the baseline measured in the same run.
+Prints a table and writes JSON (results schema of DESIGN.md).
 
     python -m benchmarks.norm_gate_tiles [--out benchmarks/results/norm_gate_bwd_sweep.json]
 """
@@ -14,7 +15,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, max_rel_err, row, write_results
+from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
 
 CANDIDATES = list(itertools.product((4, 8, 16, 32), (1, 2, 4)))
 
@@ -22,10 +23,10 @@ CANDIDATES = list(itertools.product((4, 8, 16, 32), (1, 2, 4)))
 def _inputs(B: int, T: int, NH: int, DH: int):
     g = torch.Generator(device="cuda").manual_seed(0)
     rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
-    inner = NH * DH
-    h, x_skip, up = rand(B, T, NH, DH).bfloat16(), rand(B, T, inner).bfloat16(), rand(B, T, 2 * inner).bfloat16()
+    inner, up_width, *_ = packed_layer_widths(NH * DH // 2, NH)
+    h, x_skip, up = rand(B, T, NH, DH).bfloat16(), rand(B, T, inner).bfloat16(), rand(B, T, up_width).bfloat16()
     params = [1 + 0.1 * rand(inner), rand(inner), 0.1 * rand(inner)]  # weight, bias, skip
-    return rand(B, T, inner).bfloat16(), h, x_skip, up.chunk(2, dim=-1)[1], params
+    return rand(B, T, inner).bfloat16(), h, x_skip, up[..., inner : 2 * inner], params
 
 
 def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:

@@ -23,6 +23,8 @@ BM = 16
 # The backward's tokens per program and warps, from an H100 sweep of twelve configs at ViL-T's shape (batch 256, 4
 # heads of 96, bf16; benchmarks/norm_gate_tiles.py, GPU time from CUDA-graph replays): 0.204 ms against 0.250 at 16
 # tokens / 4 warps and 0.201 at 4 tokens / 1 warp (within the run-to-run spread); its memory floor is ~0.09 ms.
+# Re-swept in session 16 with z in the layer's layout (a slice of the 1,216-wide up-projection): 0.205 ms, against
+# 0.2025 at 4 tokens / 1 warp.
 BWD_BM, BWD_WARPS = 8, 2
 
 

@@ -33,7 +33,8 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 # Wider heads take the sliced kernels, which walk the head dims in slices and output columns in blocks.
 # WHOLE_HEAD_TILES: (rows, columns, warps, stages) per launch, from `python -m benchmarks.mlstm_parallel_tiles` at
 # ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; results/mlstm_parallel_tiles.json, GPU time per op from
-# CUDA-graph replays: the forward's 3 pipeline stages take 0.092 against 0.111 ms for 2).
+# CUDA-graph replays: the forward's 3 pipeline stages take 0.092 against 0.111 ms for 2). Re-swept in session 16 on
+# the packed ops with the layer's GEMM-output strides: every pin within 1% of the fastest of 36 configs.
 # TILES: (rows, columns, head-dim slice, output columns, warps, stages) of the sliced kernels, from the same sweep at
 # ViL-S's and ViL-B's heads (DH=192 and 384; results/mlstm_parallel_tiles_sliced.json): pipeline stages took the
 # forward op from 0.42 to 0.36 ms and the backward op (dq's tiles) from 1.53 to 1.31 ms at DH=192.
