@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true", help="also measure ViL-T and DeiT-T under torch.compile")
     parser.add_argument("--compile-modes", nargs="+", default=["default"],
                         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                        help="torch.compile modes for --compile (reduce-overhead adds CUDA graphs)")
+                        help="torch.compile modes for --compile (reduce-overhead adds CUDA graphs; "
+                             "max-autotune-no-cudagraphs autotunes inductor's GEMM and conv templates, which kept "
+                             "ViL-T compiling for over 5 minutes on an H100)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top GPU kernels of ViL-T steps and exit (compiled in the first "
                              "--compile-modes mode with --compile)")
