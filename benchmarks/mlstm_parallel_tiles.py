@@ -18,6 +18,7 @@ import itertools
 import torch
 
 from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
+from kernels.mlstm.packed_layout import unpack
 
 # Whole-head kernels (rows, columns, warps, stages); 8 warps only for 128-row tiles: with 32 or 64 rows they were
 # 1.5-4x slower than 4 warps in the session-13 sweep.
@@ -37,10 +38,10 @@ def _inputs(B: int, NH: int, S: int, D: int, seed: int = 0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
     inner, up_width, qk_width, v_width = packed_layer_widths(NH * D // 2, NH)
-    qk, up = rand(B, S, qk_width), rand(B, S, up_width)
-    qk[..., 2 * inner + NH : 2 * inner + 2 * NH] += 3.0
-    up[..., 3 * inner + NH : 3 * inner + 2 * NH] += 3.0
-    return qk.bfloat16(), up.bfloat16()[..., 2 * inner : 2 * inner + v_width], rand(B, S, inner).bfloat16()
+    qk, v = rand(B, S, qk_width), rand(B, S, up_width)[..., 2 * inner : 2 * inner + v_width]
+    for fgate_share in unpack(qk, v, NH, D, D)[3][1::2]:
+        fgate_share += 3.0
+    return qk.bfloat16(), v.bfloat16(), rand(B, S, inner).bfloat16()
 
 
 def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
