@@ -74,6 +74,20 @@ def gpu_kernel_time(prof) -> tuple[float, int]:
     return sum(e.self_device_time_total for e in kernels) / 1e3, sum(e.count for e in kernels)
 
 
+def kernel_ms(fn: Callable[[], object], min_ms: float = 0.0) -> dict[str, float]:
+    """GPU ms per kernel name (its first 40 characters) of one call of fn (after one warm-up call), from
+    torch.profiler; kernels that take at most min_ms are left out."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.key[:40]: round(e.self_device_time_total / 1e3, 4) for e in prof.key_averages()
+            if e.self_device_time_total > min_ms * 1e3}
+
+
 def row(impl: str, case: str, metric: str, value, unit: str, **fields) -> dict:
     return {"impl": impl, "case": case, "metric": metric, "value": value, "unit": unit, **fields}
 

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import graph_ms, row, write_results
+from benchmarks.common import graph_ms, kernel_ms, row, write_results
 from kernels import mlstm
 
 TOKENS, NH, DK, DV, CHUNK = 65536, 8, 256, 512, 256
@@ -25,19 +25,6 @@ def _inputs(n: int, S: int) -> list[tuple[torch.Tensor, ...]]:
     rand = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
     return [(rand(1, NH, S, DK).bfloat16(), rand(1, NH, S, DK).bfloat16(), rand(1, NH, S, DV).bfloat16(),
              rand(1, NH, S).bfloat16(), (rand(1, NH, S) + 3).bfloat16()) for _ in range(n)]
-
-
-def _kernel_ms(fn) -> dict[str, float]:
-    """GPU ms per kernel name (its first 40 characters) of one call of fn."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return {e.key[:40]: round(e.self_device_time_total / 1e3, 4) for e in prof.key_averages()
-            if e.self_device_time_total > 0}
 
 
 def probe(variant: str, n: int) -> list[dict]:
@@ -53,7 +40,7 @@ def probe(variant: str, n: int) -> list[dict]:
     case, fields = f"tok64k-{n}xS{S}", dict(variant=variant, n_calls=n, S=S, chunk_size=CHUNK)
     rows = [row("ours:triton", case, "fwd_time", round(graph_ms(forward, calls=2), 4), "ms", **fields)]
     rows += [row("ours:triton", case, "kernel_time", ms, "ms", kernel=name, **fields)
-             for name, ms in _kernel_ms(forward).items()]
+             for name, ms in kernel_ms(forward).items()]
     return rows
 
 

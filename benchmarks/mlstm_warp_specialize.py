@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import triton
 
-from benchmarks.common import graph_ms, row, write_results
+from benchmarks.common import graph_ms, kernel_ms, row, write_results
 from kernels import mlstm
 
 TOKENS, NH, DK, DV, CHUNK = 65536, 8, 256, 512, 256
@@ -76,25 +76,13 @@ def _inputs():
             rand(1, NH, TOKENS, DV).bfloat16(), rand(1, NH, TOKENS).bfloat16(), (rand(1, NH, TOKENS) + 3).bfloat16())
 
 
-def _kernel_ms(fn) -> dict[str, float]:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return {e.key[:24]: round(e.self_device_time_total / 1e3, 4) for e in prof.key_averages()
-            if e.self_device_time_total > 50}
-
-
 def _measure(inputs, variant: str, config: str, reference=None) -> tuple[list[dict], torch.Tensor]:
     q, k, v, i, f = inputs
     forward = lambda: mlstm(q, k, v, igate=i, fgate=f, variant=variant, chunk_size=CHUNK, backend="triton")
     with torch.no_grad():
         out = forward()
         ms = graph_ms(forward, calls=5)
-        kernels = _kernel_ms(forward)
+        kernels = kernel_ms(forward, min_ms=0.05)
     fields = dict(variant=variant, config=config, kernel_ms=kernels)
     if reference is not None:
         fields["rel_err_vs_production"] = (out.float() - reference.float()).norm().item() / reference.float().norm().item()
