@@ -48,19 +48,25 @@ class GridConv2d(nn.Module):
         return y.flatten(2).transpose(1, 2)
 
     def conv_silu(self, x: torch.Tensor, grid: tuple[int, int], backend: str = "auto") -> torch.Tensor:
-        """silu(self(x, grid)). Without a gradient to compute (inference) and where `backend` resolves to Triton, in
-        one fused Triton pass, also inside torch.compile graphs (there PyTorch's conv is an external cuDNN call behind
-        a channels-last copy, which inductor cannot fuse either); fp16/bf16/fp32 activations."""
+        """silu(self(x, grid)). Where `backend` resolves to Triton (fp16/bf16/fp32 activations), also inside
+        torch.compile graphs (there PyTorch's conv is an external cuDNN call behind a channels-last copy, which
+        inductor cannot fuse either): without a gradient to compute (inference) in one fused pass; with one, for
+        3 x 3 kernels, as the Triton conv with its own backward (xlstm_core/grid_conv_triton.py) and the SiLU left
+        to PyTorch or inductor."""
         _check_grid(x, grid)
         params = (self.conv.weight, self.conv.bias)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
-        fused = not needs_grad and resolve_backend(backend, x.device, x.dtype) == "triton"
-        if fused and x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        triton_backend = resolve_backend(backend, x.device, x.dtype) == "triton"
+        if triton_backend and x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"the fused grid conv takes fp16/bf16/fp32 inputs, got {x.dtype}")
-        if fused:
+        if triton_backend and not needs_grad:
             from xlstm_core.grid_conv_triton import grid_conv_silu_triton
 
             return grid_conv_silu_triton(x, *params, grid)
+        if triton_backend and self.conv.kernel_size == (3, 3):
+            from xlstm_core.grid_conv_triton import grid_conv_triton
+
+            return F.silu(grid_conv_triton(x, *params, grid))
         return F.silu(self(x, grid))
 
 

@@ -1,9 +1,10 @@
-"""Fused depthwise grid conv + SiLU (xlstm_core/grid_conv_triton.py, inference) against PyTorch's conv2d + SiLU.
+"""Depthwise grid conv + SiLU in Triton (xlstm_core/grid_conv_triton.py: the fused inference pass, and the 3 x 3
+conv with its backward for training) against PyTorch's conv2d + SiLU.
 
 On CPU the kernel runs under TRITON_INTERPRET=1 in fp32/fp16 against the reference in fp64. x is a chunk of a wider
 tensor (the up-projection's layout in the layer); grids are not square, token and channel counts not multiples of
-the tiles. With a gradient to compute, `conv_silu` runs PyTorch's conv. The `gpu` tests run bf16 at ViL-T's shape
-and under torch.compile.
+the tiles. With a gradient to compute, `conv_silu` runs the Triton conv and its backward for 3 x 3 kernels and
+PyTorch's conv for other sizes. The `gpu` tests run bf16 at ViL-T's shape and under torch.compile.
 """
 import pytest
 import torch
@@ -65,23 +66,56 @@ def test_border_taps_see_zeros_not_neighbours():
     assert touched == {2, 3, 6, 7, 10, 11}
 
 
-def test_training_runs_pytorch_conv_with_its_gradients(monkeypatch):
-    """With a gradient to compute the fused kernel is not used (its backward was slower than cuDNN's)."""
-    from xlstm_core import grid_conv_triton
+def training_grads(conv, up, grid, backend, dtype=torch.float64):
+    """silu(conv) of the up-projection-like tensor's second half and the gradients of the sum of its squares with
+    respect to that whole tensor, the weight and the bias, computed in `dtype`."""
+    run = GridConv2d(conv.conv.in_channels, conv.conv.kernel_size[0]).to(device=up.device, dtype=dtype)
+    run.load_state_dict(conv.state_dict())
+    leaf = up.detach().to(dtype).requires_grad_()
+    y = run.conv_silu(leaf.chunk(2, dim=-1)[1], grid, backend=backend)
+    return y, torch.autograd.grad(y.square().sum(), (leaf, run.conv.weight, run.conv.bias))
 
-    monkeypatch.setattr(grid_conv_triton, "grid_conv_silu_triton", lambda *a: pytest.fail("fused op in training"))
-    conv, up = make(2, (5, 7), 40, 3)
-    up.requires_grad_()
-    y = conv.conv_silu(up.chunk(2, dim=-1)[1], (5, 7), backend="triton")
-    leaves = (up, conv.conv.weight, conv.conv.bias)
-    grads = torch.autograd.grad(y.square().sum(), leaves)
-    ref = GridConv2d(40, 3).double()
-    ref.load_state_dict(conv.state_dict())
-    up_ref = up.detach().double().requires_grad_()
-    y_ref = ref.conv_silu(up_ref.chunk(2, dim=-1)[1], (5, 7), backend="torch")
-    grads_ref = torch.autograd.grad(y_ref.square().sum(), (up_ref, ref.conv.weight, ref.conv.bias))
+
+@pytest.mark.parametrize("B,grid,D", [(2, (5, 7), 40), (1, (14, 14), 72), (3, (1, 9), 8), (2, (9, 2), 136)])
+def test_training_conv_and_its_backward_match_pytorch(B, grid, D):
+    """The Triton training path (3 x 3): output and the gradients of the strided input, the weight and the bias
+    against PyTorch's conv in fp64; channel counts over one weight-gradient tile and token counts over several."""
+    conv, up = make(B, grid, D, 3)
+    y, grads = training_grads(conv, up, grid, "triton", torch.float32)
+    y_ref, grads_ref = training_grads(conv, up, grid, "torch")
+    assert_close(y, y_ref, torch.float32, "y")
     for name, a, b in zip(NAMES, grads, grads_ref):
         assert_close(a, b, torch.float32, f"d{name}")
+
+
+def test_training_conv_fp16():
+    conv, up = make(2, (6, 5), 24, 3, dtype=torch.float16)
+    y, grads = training_grads(conv, up, (6, 5), "triton", torch.float16)
+    y_ref, grads_ref = training_grads(conv, up, (6, 5), "torch")
+    assert_close(y, y_ref, torch.float16, "y")
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert_close(a, b, torch.float16, f"d{name}")
+
+
+def test_training_with_other_kernel_sizes_runs_pytorch_conv(monkeypatch):
+    """The Triton training conv takes 3 x 3 kernels; a 5 x 5 conv trains on PyTorch's conv, with its gradients."""
+    from xlstm_core import grid_conv_triton
+
+    monkeypatch.setattr(grid_conv_triton, "grid_conv_triton", lambda *a: pytest.fail("Triton conv for 5 x 5"))
+    conv, up = make(2, (4, 6), 16, 5)
+    y, grads = training_grads(conv, up, (4, 6), "triton", torch.float32)
+    y_ref, grads_ref = training_grads(conv, up, (4, 6), "torch")
+    assert_close(y, y_ref, torch.float32, "y")
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert_close(a, b, torch.float32, f"d{name}")
+
+
+def test_training_conv_refuses_other_kernel_sizes():
+    from xlstm_core.grid_conv_triton import grid_conv_triton
+
+    conv, up = make(1, (3, 3), 8, 5)
+    with pytest.raises(ValueError, match="3 x 3"):
+        grid_conv_triton(up[..., :8], conv.conv.weight, conv.conv.bias, (3, 3))
 
 
 def test_bad_grid_is_refused():
@@ -94,6 +128,33 @@ def test_bad_grid_is_refused():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_gpu_vil_tiny_shape(dtype):
     check(8, (14, 14), 384, 3, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_training_vil_tiny_shape():
+    """bf16 at ViL-T's layer shape: the Triton training conv's output and gradients against PyTorch's in fp64."""
+    conv, up = make(8, (14, 14), 384, 3, dtype=torch.bfloat16, device="cuda")
+    y, grads = training_grads(conv, up, (14, 14), "triton", torch.bfloat16)
+    y_ref, grads_ref = training_grads(conv, up, (14, 14), "torch")
+    assert_close(y, y_ref, torch.bfloat16, "y")
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert_close(a, b, torch.bfloat16, f"d{name}", factor=4.0)
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_training_matches_eager():
+    conv, up = make(4, (14, 14), 384, 3, dtype=torch.bfloat16, device="cuda")
+    conv = conv.to(torch.bfloat16)
+    x = up.chunk(2, dim=-1)[1]
+
+    def step(fn):
+        leaf = x.detach().requires_grad_()
+        y = fn(leaf)
+        return (y, *torch.autograd.grad(y.float().square().sum(), (leaf, conv.conv.weight, conv.conv.bias)))
+
+    fn = lambda u: conv.conv_silu(u, (14, 14), backend="triton")
+    for a, b in zip(step(torch.compile(fn)), step(fn)):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu
