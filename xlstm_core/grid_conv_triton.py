@@ -39,20 +39,26 @@ def _shifted(ptr, b, row, col, d, mask_t, mask_d, di, dj, H, W, s_b, s_t):
 
 
 @triton.jit
-def _conv_silu_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                      SILU: tl.constexpr):
-    """y = silu(u) (or u), u = bias + sum over the k x k taps of weight[d, i, j] * x[row + i - k // 2, col + j - k // 2]
-    for BT tokens (grid row and column from the token index) and BD channels of one image."""
+def _stencil_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                    SILU: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The forward u = bias + sum over the k x k taps of weight[d, i, j] * x[row + i - k // 2, col + j - k // 2]
+    (y = silu(u) with SILU), or with FLIP the backward's dx = sum over the taps of weight[d, i, j] * du[row - i +
+    k // 2, col - j + k // 2], for BT tokens (grid row and column from the token index) and BD channels of one image.
+    Y is dense (B, T, D)."""
     b = tl.program_id(0)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
     row, col, mask_t, mask_d = t // W, t % W, t < T, d < D
+    sign: tl.constexpr = -1 if FLIP else 1
     u = tl.zeros((BT, BD), dtype=tl.float32)
     for i in tl.static_range(K):
         for j in tl.static_range(K):
             w = tl.load(WT + d * (K * K) + i * K + j, mask=mask_d, other=0.0).to(tl.float32)
-            u += _shifted(X, b, row, col, d, mask_t, mask_d, i - K // 2, j - K // 2, H, W, sx_b, sx_t) * w[None, :]
-    u += tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+            tile = _shifted(X, b, row, col, d, mask_t, mask_d, sign * (i - K // 2), sign * (j - K // 2), H, W, sx_b,
+                            sx_t)
+            u += tile * w[None, :]
+    if HAS_BIAS:
+        u += tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     if SILU:
         u = u * tl.sigmoid(u)
     tl.store(Y + b * T * D + t[:, None] * D + d[None, :], u.to(Y.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
@@ -62,9 +68,9 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int
           silu: bool) -> torch.Tensor:
     B, T, D = x.shape
     y = x.new_empty(B, T, D)
-    _conv_silu_kernel[(B, triton.cdiv(T, BT), triton.cdiv(D, BD))](
+    _stencil_kernel[(B, triton.cdiv(T, BT), triton.cdiv(D, BD))](
         x, weight, bias, y, T, height, width, D, x.stride(0), x.stride(1), K=weight.shape[-1], BT=BT, BD=BD,
-        SILU=silu, num_warps=WARPS)
+        SILU=silu, FLIP=False, HAS_BIAS=True, num_warps=WARPS)
     return y
 
 
@@ -77,23 +83,6 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: 
 @_forward.register_fake
 def _(x, weight, bias, height, width):
     return x.new_empty(x.shape)
-
-
-@triton.jit
-def _dgrad_kernel(G, WT, DX, T, H, W, D, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    """dx[row, col] = sum over the taps of weight[d, i, j] * g[row - i + k // 2, col - j + k // 2] (the flipped
-    stencil) for BT tokens and BD channels of one image; g and dx dense (B, T, D)."""
-    b = tl.program_id(0)
-    t = tl.program_id(1) * BT + tl.arange(0, BT)
-    d = tl.program_id(2) * BD + tl.arange(0, BD)
-    row, col, mask_t, mask_d = t // W, t % W, t < T, d < D
-    acc = tl.zeros((BT, BD), dtype=tl.float32)
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            w = tl.load(WT + d * (K * K) + i * K + j, mask=mask_d, other=0.0).to(tl.float32)
-            acc += _shifted(G, b, row, col, d, mask_t, mask_d, K // 2 - i, K // 2 - j, H, W, T * D, D) * w[None, :]
-    tl.store(DX + b * T * D + t[:, None] * D + d[None, :], acc.to(DX.dtype.element_ty),
-             mask=mask_t[:, None] & mask_d[None, :])
 
 
 @triton.jit
@@ -179,8 +168,9 @@ def _train_backward(du: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, hei
     du = du.contiguous()
     dx = x.new_empty(B, T, D)
     bt, bd, warps = DGRAD_TILES
-    _dgrad_kernel[(B, triton.cdiv(T, bt), triton.cdiv(D, bd))](du, weight, dx, T, height, width, D, K=3, BT=bt,
-                                                                BD=bd, num_warps=warps)
+    _stencil_kernel[(B, triton.cdiv(T, bt), triton.cdiv(D, bd))](
+        du, weight, weight, dx, T, height, width, D, T * D, D, K=3, BT=bt, BD=bd, SILU=False, FLIP=True,
+        HAS_BIAS=False, num_warps=warps)
     bt, bd, warps = WGRAD_TILES
     splits = _token_splits(B * triton.cdiv(D, bd), T, bt, x.device)
     span = triton.cdiv(triton.cdiv(T, splits), bt) * bt
