@@ -85,7 +85,8 @@ def _measure(inputs, variant: str, config: str, reference=None) -> tuple[list[di
         kernels = kernel_ms(forward, min_ms=0.05)
     fields = dict(variant=variant, config=config, kernel_ms=kernels)
     if reference is not None:
-        fields["rel_err_vs_production"] = (out.float() - reference.float()).norm().item() / reference.float().norm().item()
+        error = (out.float() - reference.float()).norm() / reference.float().norm()
+        fields["rel_err_vs_production"] = error.item()
     return [row("ours:triton", f"fwd-64k-{DK}-{DV}", "fwd_time", round(ms, 4), "ms", **fields)], out
 
 

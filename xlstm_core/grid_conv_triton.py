@@ -61,7 +61,8 @@ def _stencil_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT:
         u += tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     if SILU:
         u = u * tl.sigmoid(u)
-    tl.store(Y + b * T * D + t[:, None] * D + d[None, :], u.to(Y.dtype.element_ty), mask=mask_t[:, None] & mask_d[None, :])
+    tl.store(Y + b * T * D + t[:, None] * D + d[None, :], u.to(Y.dtype.element_ty),
+             mask=mask_t[:, None] & mask_d[None, :])
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int,
