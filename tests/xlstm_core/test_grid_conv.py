@@ -76,25 +76,25 @@ def training_grads(conv, up, grid, backend, dtype=torch.float64):
     return y, torch.autograd.grad(y.square().sum(), (leaf, run.conv.weight, run.conv.bias))
 
 
+def check_training(B, grid, D, K, dtype, device="cpu", factor=1.0):
+    """`training_grads` on the Triton backend in `dtype` against the PyTorch backend in fp64: output and gradients."""
+    conv, up = make(B, grid, D, K, dtype=dtype, device=device)
+    y, grads = training_grads(conv, up, grid, "triton", dtype)
+    y_ref, grads_ref = training_grads(conv, up, grid, "torch")
+    assert_close(y, y_ref, dtype, "y")
+    for name, a, b in zip(NAMES, grads, grads_ref):
+        assert_close(a, b, dtype, f"d{name}", factor)
+
+
 @pytest.mark.parametrize("B,grid,D", [(2, (5, 7), 40), (1, (14, 14), 72), (3, (1, 9), 8), (2, (9, 2), 136)])
 def test_training_conv_and_its_backward_match_pytorch(B, grid, D):
     """The Triton training path (3 x 3): output and the gradients of the strided input, the weight and the bias
     against PyTorch's conv in fp64; channel counts over one weight-gradient tile and token counts over several."""
-    conv, up = make(B, grid, D, 3)
-    y, grads = training_grads(conv, up, grid, "triton", torch.float32)
-    y_ref, grads_ref = training_grads(conv, up, grid, "torch")
-    assert_close(y, y_ref, torch.float32, "y")
-    for name, a, b in zip(NAMES, grads, grads_ref):
-        assert_close(a, b, torch.float32, f"d{name}")
+    check_training(B, grid, D, 3, torch.float32)
 
 
 def test_training_conv_fp16():
-    conv, up = make(2, (6, 5), 24, 3, dtype=torch.float16)
-    y, grads = training_grads(conv, up, (6, 5), "triton", torch.float16)
-    y_ref, grads_ref = training_grads(conv, up, (6, 5), "torch")
-    assert_close(y, y_ref, torch.float16, "y")
-    for name, a, b in zip(NAMES, grads, grads_ref):
-        assert_close(a, b, torch.float16, f"d{name}")
+    check_training(2, (6, 5), 24, 3, torch.float16)
 
 
 def test_training_with_other_kernel_sizes_runs_pytorch_conv(monkeypatch):
@@ -102,12 +102,7 @@ def test_training_with_other_kernel_sizes_runs_pytorch_conv(monkeypatch):
     from xlstm_core import grid_conv_triton
 
     monkeypatch.setattr(grid_conv_triton, "grid_conv_triton", lambda *a: pytest.fail("Triton conv for 5 x 5"))
-    conv, up = make(2, (4, 6), 16, 5)
-    y, grads = training_grads(conv, up, (4, 6), "triton", torch.float32)
-    y_ref, grads_ref = training_grads(conv, up, (4, 6), "torch")
-    assert_close(y, y_ref, torch.float32, "y")
-    for name, a, b in zip(NAMES, grads, grads_ref):
-        assert_close(a, b, torch.float32, f"d{name}")
+    check_training(2, (4, 6), 16, 5, torch.float32)
 
 
 def test_training_conv_refuses_other_kernel_sizes():
@@ -133,12 +128,7 @@ def test_gpu_vil_tiny_shape(dtype):
 @pytest.mark.gpu
 def test_gpu_training_vil_tiny_shape():
     """bf16 at ViL-T's layer shape: the Triton training conv's output and gradients against PyTorch's in fp64."""
-    conv, up = make(8, (14, 14), 384, 3, dtype=torch.bfloat16, device="cuda")
-    y, grads = training_grads(conv, up, (14, 14), "triton", torch.bfloat16)
-    y_ref, grads_ref = training_grads(conv, up, (14, 14), "torch")
-    assert_close(y, y_ref, torch.bfloat16, "y")
-    for name, a, b in zip(NAMES, grads, grads_ref):
-        assert_close(a, b, torch.bfloat16, f"d{name}", factor=4.0)
+    check_training(8, (14, 14), 384, 3, torch.bfloat16, device="cuda", factor=4.0)
 
 
 @pytest.mark.gpu
