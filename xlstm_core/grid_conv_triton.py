@@ -12,6 +12,9 @@ hit the cache) and one write.
   through the flipped taps, and per image the nine tap sums and the bias sum, reduced over the batch. No dense copy of
   x is made (PyTorch's path copies it for cuDNN and keeps the copy for the weight gradient). A session-8 backward
   that recomputed u and fused the SiLU's backward was slower than cuDNN's; this one is measured in vision/README.md.
+- The fused mixer op (xlstm_core/mixer_triton.py) takes the kernels themselves: the forward with the SiLU, the
+  SiLU's backward with u recomputed from x (`_conv(..., silu_grad_of=g)`), dx written into a column slice of a wider
+  tensor (`_dgrad_into`), and the weight and bias sums (`_weight_grads`).
 """
 from __future__ import annotations
 
@@ -39,12 +42,14 @@ def _shifted(ptr, b, row, col, d, mask_t, mask_d, di, dj, H, W, s_b, s_t):
 
 
 @triton.jit
-def _stencil_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                    SILU: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _stencil_kernel(X, WT, BIAS, G, Y, T, H, W, D, sx_b, sx_t, sy_b, sy_t, K: tl.constexpr, BT: tl.constexpr,
+                    BD: tl.constexpr, SILU: tl.constexpr, SILU_GRAD: tl.constexpr, FLIP: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
     """The forward u = bias + sum over the k x k taps of weight[d, i, j] * x[row + i - k // 2, col + j - k // 2]
-    (y = silu(u) with SILU), or with FLIP the backward's dx = sum over the taps of weight[d, i, j] * du[row - i +
-    k // 2, col - j + k // 2], for BT tokens (grid row and column from the token index) and BD channels of one image.
-    Y is dense (B, T, D)."""
+    (y = silu(u) with SILU; with SILU_GRAD the SiLU's backward g * silu'(u) for the dense (B, T, D) gradient G of
+    y, u recomputed), or with FLIP the backward's dx = sum over the taps of weight[d, i, j] * du[row - i + k // 2,
+    col - j + k // 2], for BT tokens (grid row and column from the token index) and BD channels of one image.
+    Y is written through its image and token strides."""
     b = tl.program_id(0)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
@@ -61,17 +66,25 @@ def _stencil_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, K: tl.constexpr, BT:
         u += tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     if SILU:
         u = u * tl.sigmoid(u)
-    tl.store(Y + b * T * D + t[:, None] * D + d[None, :], u.to(Y.dtype.element_ty),
+    if SILU_GRAD:
+        g = tl.load(G + b * T * D + t[:, None] * D + d[None, :], mask=mask_t[:, None] & mask_d[None, :],
+                    other=0.0).to(tl.float32)
+        sig = tl.sigmoid(u)
+        u = g * sig * (1.0 + u * (1.0 - sig))
+    tl.store(Y + b * sy_b + t[:, None] * sy_t + d[None, :], u.to(Y.dtype.element_ty),
              mask=mask_t[:, None] & mask_d[None, :])
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int,
-          silu: bool) -> torch.Tensor:
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int, silu: bool,
+          silu_grad_of: torch.Tensor | None = None) -> torch.Tensor:
+    """u, silu(u), or with `silu_grad_of` (the dense gradient of silu(u)) that gradient taken to u; (B, T, D)
+    contiguous in x's dtype."""
     B, T, D = x.shape
     y = x.new_empty(B, T, D)
     _stencil_kernel[(B, triton.cdiv(T, BT), triton.cdiv(D, BD))](
-        x, weight, bias, y, T, height, width, D, x.stride(0), x.stride(1), K=weight.shape[-1], BT=BT, BD=BD,
-        SILU=silu, FLIP=False, HAS_BIAS=True, num_warps=WARPS)
+        x, weight, bias, x if silu_grad_of is None else silu_grad_of, y, T, height, width, D, x.stride(0),
+        x.stride(1), T * D, D, K=weight.shape[-1], BT=BT, BD=BD, SILU=silu, SILU_GRAD=silu_grad_of is not None,
+        FLIP=False, HAS_BIAS=True, num_warps=WARPS)
     return y
 
 
@@ -161,17 +174,18 @@ def _(x, weight, bias, height, width):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("xlstm_kit::grid_conv_bwd", mutates_args=())
-def _train_backward(du: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, height: int,
-                    width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dx (B, T, D) in x's dtype, d weight (D, 1, 3, 3) and d bias (D,) in fp32."""
-    B, T, D = x.shape
-    du = du.contiguous()
-    dx = x.new_empty(B, T, D)
+def _dgrad_into(du: torch.Tensor, weight: torch.Tensor, height: int, width: int, dx: torch.Tensor) -> None:
+    """dx (B, T, D; any image and token strides, unit channel stride) from the dense gradient du of u."""
+    B, T, D = du.shape
     bt, bd, warps = DGRAD_TILES
     _stencil_kernel[(B, triton.cdiv(T, bt), triton.cdiv(D, bd))](
-        du, weight, weight, dx, T, height, width, D, T * D, D, K=3, BT=bt, BD=bd, SILU=False, FLIP=True,
-        HAS_BIAS=False, num_warps=warps)
+        du, weight, weight, du, dx, T, height, width, D, T * D, D, dx.stride(0), dx.stride(1), K=3, BT=bt, BD=bd,
+        SILU=False, SILU_GRAD=False, FLIP=True, HAS_BIAS=False, num_warps=warps)
+
+
+def _weight_grads(du: torch.Tensor, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """d weight (D, 1, 3, 3) and d bias (D,) in fp32 from the dense gradient du of u and the conv's input x."""
+    B, T, D = x.shape
     bt, bd, warps = WGRAD_TILES
     splits = _token_splits(B * triton.cdiv(D, bd), T, bt, x.device)
     span = triton.cdiv(triton.cdiv(T, splits), bt) * bt
@@ -179,7 +193,17 @@ def _train_backward(du: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, hei
     _wgrad_kernel[(B, triton.cdiv(D, bd), splits)](du, x, part, T, height, width, D, x.stride(0), x.stride(1), span,
                                                    BT=bt, BD=bd, num_warps=warps)
     sums = part.sum((0, 1))
-    return dx, sums[:9].t().reshape(D, 1, 3, 3).contiguous(), sums[9].contiguous()
+    return sums[:9].t().reshape(D, 1, 3, 3).contiguous(), sums[9].contiguous()
+
+
+@torch.library.custom_op("xlstm_kit::grid_conv_bwd", mutates_args=())
+def _train_backward(du: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, height: int,
+                    width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dx (B, T, D) in x's dtype, d weight (D, 1, 3, 3) and d bias (D,) in fp32."""
+    du = du.contiguous()
+    dx = x.new_empty(x.shape)
+    _dgrad_into(du, weight, height, width, dx)
+    return (dx, *_weight_grads(du, x, height, width))
 
 
 @_train_backward.register_fake

@@ -203,6 +203,17 @@ class mLSTMPreUpLayer(nn.Module):
         return (self.cfg.dense_qkv and state is None and not return_state
                 and sequence_form(self.cfg, x.shape[1], x.device) == "parallel")
 
+    def _takes_fused_mixer(self, up: torch.Tensor, grid: tuple[int, int] | None) -> bool:
+        """Whether the packed path's middle runs as one Triton op (xlstm_core/mixer_triton.py): in training (with a
+        gradient to compute) on the Triton backend, with a 3 x 3 grid conv and up to MAX_LEN tokens. Inference keeps
+        the separate fused ops, which need no residuals."""
+        from kernels.mlstm.parallel_triton import MAX_LEN
+
+        return (torch.is_grad_enabled() and grid is not None and isinstance(self.conv, GridConv2d)
+                and self.conv.conv.kernel_size == (3, 3) and up.shape[1] <= MAX_LEN
+                and up.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                and resolve_backend(self.cfg.backend, up.device, up.dtype) == "triton")
+
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None):
         """`folded`: this layer's folded weights where the caller computed them (`fold_weights`), else the layer
@@ -212,6 +223,13 @@ class mLSTMPreUpLayer(nn.Module):
         if packed:
             folded = self._folded_weights() if folded is None else folded
             up = _linear_2d(x, folded.w_up, folded.b_up)  # [x_inner | z | v | gate shares of v | padding]
+            if self._takes_fused_mixer(up, grid):
+                from xlstm_core.mixer_triton import mixer_triton
+
+                y = mixer_triton(up, self.conv.conv.weight, self.conv.conv.bias, folded.w_conv.t(), folded.b_conv,
+                                 self.norm.weight, self.norm_bias, self.skip, grid, NH, folded.w_inner.shape[1],
+                                 self.cfg.mlstm_variant, self.norm.eps)
+                return self.dropout(self.proj_down(y))
             x_inner, z = up[..., :inner], up[..., inner : 2 * inner]
             # v's own width (16-column aligned): the packed op writes its padding's gradient, autograd the rest
             v_gates = up[..., 2 * inner : 2 * inner + folded.w_inner.shape[1]]

@@ -80,7 +80,8 @@ def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, 
 
 @triton.jit
 def _bwd_kernel(DY, H, XS, Z, W, BIAS, SKIP, DH_OUT, DXS, DZ, PART, T, DH, INNER, eps, sdy_b, sdy_t, sh_b, sh_t,
-                sx_b, sx_t, sx_f, sz_b, sz_t, HAS_BIAS: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
+                sx_b, sx_t, sx_f, sz_b, sz_t, sdz_b, sdz_t, HAS_BIAS: tl.constexpr, BD: tl.constexpr,
+                BLOCK: tl.constexpr):
     b, tb, t, f, mask_d, mask = _tile_coords(T, DH, BD, BLOCK)
     xhat, rstd, xs, z, w, skip, pre = _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t,
                                                 sx_b, sx_t, sx_f, sz_b, sz_t, HAS_BIAS)
@@ -92,10 +93,10 @@ def _bwd_kernel(DY, H, XS, Z, W, BIAS, SKIP, DH_OUT, DXS, DZ, PART, T, DH, INNER
     mean_dxhat = tl.sum(dxhat, axis=1) / DH
     mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / DH
     dh = rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
-    out = b * T * INNER + t[:, None] * INNER + f[None, :]  # the three input gradients are stored (B, T, inner)
+    out = b * T * INNER + t[:, None] * INNER + f[None, :]  # dh and d x_skip are stored (B, T, inner)
     tl.store(DH_OUT + out, dh.to(DH_OUT.dtype.element_ty), mask=mask)
     tl.store(DXS + out, (dpre * skip[None, :]).to(DXS.dtype.element_ty), mask=mask)
-    tl.store(DZ + out, dz.to(DZ.dtype.element_ty), mask=mask)
+    tl.store(DZ + b * sdz_b + t[:, None] * sdz_t + f[None, :], dz.to(DZ.dtype.element_ty), mask=mask)
     part = PART + (b * tl.num_programs(1) + tb) * INNER + f  # (3, B * token blocks, inner): w, skip, bias
     rows = tl.num_programs(0) * tl.num_programs(1) * INNER
     tl.store(part, tl.sum(dpre * xhat, axis=0), mask=mask_d)
@@ -130,24 +131,35 @@ def _(h, x_skip, z, weight, bias, skip, eps):
     return h.new_empty(B, T, NH * DH)
 
 
-@torch.library.custom_op("xlstm_kit::norm_skip_gate_bwd", mutates_args=())
-def _backward(dy: torch.Tensor, h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor | None, skip: torch.Tensor, eps: float
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dh (B, T, NH, DH), d x_skip and dz (B, T, NH * DH), and the fp32 parameter gradients stacked (3, NH * DH)
-    in the order weight, skip, bias."""
+def backward_into(dy: torch.Tensor, h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None, skip: torch.Tensor, eps: float, dz: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chain's backward with dz written into `dz` (B, T, NH * DH; any batch and token strides, e.g. a column slice
+    of the up-projection's gradient); returns dh (B, T, NH, DH), d x_skip (B, T, NH * DH) and the fp32 parameter
+    gradients stacked (3, NH * DH) as weight, skip, bias."""
     B, T, NH, DH = h.shape
     if dy.stride(-1) != 1:
         dy = dy.contiguous()
     grid = _grid(h, BWD_BM)
     dh = torch.empty_like(h, memory_format=torch.contiguous_format)
     dxs = x_skip.new_empty(B, T, NH * DH)
-    dz = z.new_empty(B, T, NH * DH)
     part = h.new_empty(3, B * grid[1], NH * DH, dtype=torch.float32)
     _bwd_kernel[grid](dy, h, x_skip, z, weight, bias, skip, dh, dxs, dz, part, T, DH, NH * DH, eps, dy.stride(0),
                       dy.stride(1), h.stride(0), h.stride(1), *x_skip.stride(), z.stride(0), z.stride(1),
-                      HAS_BIAS=bias is not None, BD=_bd(DH), BLOCK=BWD_BM, num_warps=BWD_WARPS)
-    return dh, dxs, dz, part.sum(1)
+                      dz.stride(0), dz.stride(1), HAS_BIAS=bias is not None, BD=_bd(DH), BLOCK=BWD_BM,
+                      num_warps=BWD_WARPS)
+    return dh, dxs, part.sum(1)
+
+
+@torch.library.custom_op("xlstm_kit::norm_skip_gate_bwd", mutates_args=())
+def _backward(dy: torch.Tensor, h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None, skip: torch.Tensor, eps: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dh (B, T, NH, DH), d x_skip and dz (B, T, NH * DH), and the fp32 parameter gradients stacked (3, NH * DH)
+    in the order weight, skip, bias."""
+    dz = z.new_empty(x_skip.shape)
+    dh, dxs, dparams = backward_into(dy, h, x_skip, z, weight, bias, skip, eps, dz)
+    return dh, dxs, dz, dparams
 
 
 @_backward.register_fake

@@ -429,12 +429,14 @@ def _dkdv_head_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, 
 
 @triton.jit
 def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_QK, C_V, sqk_b, sqk_s, sv_b, sv_s,
-                             SIG: tl.constexpr, BS: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr):
+                             ROW_QK, ROW_V, SIG: tl.constexpr, BS: tl.constexpr, BH: tl.constexpr,
+                             BP: tl.constexpr):
     """The gate gradients of one sequence (all heads), written into both packed gradients (the gates are the sums of
     their shares in QK and V, at columns C_QK + [head | NH + head] and C_V + ...), and zeros into the padding
     columns after them: d log i_s = k_s . dk_s and d F_t = q_t . dq_t - k_t . dk_t, where log f_r enters every
     F_t with t >= r. Tokens run along the tile's rows, heads along its columns, so each token's gate columns are
-    read and written together. QK and V are read through their (batch, token) strides, the gradients are dense."""
+    read and written together. QK and V are read through their (batch, token) strides; the gradients' rows are
+    ROW_QK / ROW_V elements apart (their widths when dense; DV_OUT may be a column slice of a wider tensor)."""
     b = tl.program_id(0).to(tl.int64)
     offs, heads = tl.arange(0, BS), tl.arange(0, BH)
     mask = (offs < S)[:, None] & (heads < NH)[None, :]
@@ -451,8 +453,8 @@ def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_Q
             tl.float32)
         di = kdk * tl.sigmoid(-i)
     df = d_lf * tl.sigmoid(-f)
-    _store_gate_grads(DQK + (b * S + offs) * W_QK + C_QK, W_QK - C_QK, di, df, offs < S, heads, NH, BS, BP)
-    _store_gate_grads(DV_OUT + (b * S + offs) * W_V + C_V, W_V - C_V, di, df, offs < S, heads, NH, BS, BP)
+    _store_gate_grads(DQK + (b * S + offs) * ROW_QK + C_QK, W_QK - C_QK, di, df, offs < S, heads, NH, BS, BP)
+    _store_gate_grads(DV_OUT + (b * S + offs) * ROW_V + C_V, W_V - C_V, di, df, offs < S, heads, NH, BS, BP)
 
 
 @triton.jit
@@ -622,15 +624,12 @@ def _(qk, v, num_heads, dk, dv, sig, normalize, eps):
     return qk.new_empty(B, S, num_heads * dv), row(), row(), row(), row()
 
 
-@torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_bwd", mutates_args=())
-def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
-                     mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, num_heads: int, dk: int, dv: int,
-                     sig: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of both packed projections, each written whole by the kernels (q, k, v columns by the backward
-    kernels, gate and padding columns by `_packed_gate_grad_kernel`), so no concatenation follows."""
+def packed_backward_into(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
+                         mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, num_heads: int, dk: int,
+                         dv: int, sig: bool, d_qk: torch.Tensor, d_v: torch.Tensor) -> None:
+    """`_packed_backward` into given gradients of qk's and v's shapes: d_qk dense, d_v with any row stride whose
+    batch stride is S rows (a column slice of a wider (B, S, W) tensor, e.g. the up-projection's gradient)."""
     B, S = qk.shape[:2]
-    d_qk, d_v = torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
-        v, memory_format=torch.contiguous_format)
     q, k, vv, _ = unpack(qk, v, num_heads, dk, dv)
     dq, dkk, dvv, _ = unpack(d_qk, d_v, num_heads, dk, dv)
     heads = lambda x: x.unflatten(-1, (num_heads, dv)).transpose(1, 2)
@@ -638,8 +637,19 @@ def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: tor
     pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
     _packed_gate_grad_kernel[(B,)](
         qdq, kdk, qk, v, d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1], 2 * num_heads * dk, num_heads * dv,
-        qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), SIG=sig, BS=pow2_block(S),
-        BH=pow2_block(num_heads, low=1), BP=pow2_block(pad, low=1))
+        qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), d_qk.stride(1), d_v.stride(1), SIG=sig,
+        BS=pow2_block(S), BH=pow2_block(num_heads, low=1), BP=pow2_block(pad, low=1))
+
+
+@torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_bwd", mutates_args=())
+def _packed_backward(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
+                     mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, num_heads: int, dk: int, dv: int,
+                     sig: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of both packed projections, each written whole by the kernels (q, k, v columns by the backward
+    kernels, gate and padding columns by `_packed_gate_grad_kernel`), so no concatenation follows."""
+    d_qk, d_v = torch.empty_like(qk, memory_format=torch.contiguous_format), torch.empty_like(
+        v, memory_format=torch.contiguous_format)
+    packed_backward_into(dh, qk, v, h, g, mx, alpha, gamma, num_heads, dk, dv, sig, d_qk, d_v)
     return d_qk, d_v
 
 
@@ -710,4 +720,13 @@ def mlstm_parallel_packed_triton(qk: torch.Tensor, v: torch.Tensor, *, num_heads
     return h.unflatten(-1, (num_heads, head_dim_v))
 
 
-__all__ = ["MAX_LEN", "mlstm_parallel_packed_triton", "mlstm_parallel_triton"]
+def packed_forward_residuals(qk: torch.Tensor, v: torch.Tensor, num_heads: int, head_dim: int, sig: bool,
+                             normalize: bool = True, eps: float = 1e-6) -> tuple[torch.Tensor, ...]:
+    """For ops that fuse the cell into a larger op with its own backward (xlstm_core/mixer_triton.py): h (B, S,
+    NH * DH) and the per-row fp32 values g, mx, alpha, gamma (B, NH, S) that `packed_backward_into` takes, on
+    packed projections with head_dim_qk = head_dim_v = head_dim (unit column strides). No autograd graph."""
+    return _packed_forward(qk, v, num_heads, head_dim, head_dim, sig, normalize, float(eps))
+
+
+__all__ = ["MAX_LEN", "mlstm_parallel_packed_triton", "mlstm_parallel_triton", "packed_backward_into",
+           "packed_forward_residuals"]

@@ -207,7 +207,8 @@ def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
     record()
     fused = small_vil(depth=1, backend="triton")  # the fused Triton kernel, eagerly (interpreter on CPU)
     fused.load_state_dict(model.state_dict())
-    torch.testing.assert_close(fused(x), eager, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # with a gradient the cell runs inside the fused mixer op (test_fused_mixer_*)
+        torch.testing.assert_close(fused(x), eager, atol=1e-5, rtol=1e-4)
     assert forms[2:] == ["parallel"]
     with pytest.raises(ValueError, match="mlstm_form"):
         small_vil(mlstm_form="recurrent")
