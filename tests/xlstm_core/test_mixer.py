@@ -84,6 +84,11 @@ def test_mixer_without_norm_bias():
     check(1, (4, 4), 2, 16, "exp", norm_bias=False)
 
 
+def test_mixer_with_heads_wider_than_the_whole_head_kernels():
+    """ViL-S / ViL-B heads (192 / 384) take the cell's sliced kernels; under the interpreter heads over 64 do."""
+    check(1, (3, 4), 1, 80, "sig")
+
+
 def test_mixer_rejects_other_conv_sizes():
     t, v_width = inputs(1, (3, 3), 2, 16)
     with pytest.raises(ValueError, match="3 x 3"):
