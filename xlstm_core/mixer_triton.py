@@ -1,5 +1,5 @@
-"""The pre-up mLSTM layer's middle (ViL: 3 x 3 grid conv, packed cell, norm-gate chain) in training on the Triton
-backend, as one autograd op from the up-projection's output to the gated cell output:
+"""The pre-up mLSTM layer's middle (ViL: 3 x 3 grid conv, block-diagonal q/k, packed cell, norm-gate chain) in
+training on the Triton backend, as one autograd op from the up-projection's output to the gated cell output:
 
     [x_inner | z | v | gate shares | padding] = up
     x_conv = silu(conv3x3(x_inner)),  qk = x_conv w_qk^T + b_qk,  h = mLSTM(qk, v)
@@ -7,20 +7,20 @@ backend, as one autograd op from the up-projection's output to the gated cell ou
 
 Built from separate ops, the backward's gradients of up's three pieces (x_inner's from the conv, z's from the
 norm-gate, v's from the cell) came out as three tensors that one more pass assembled into up's gradient (76 us per
-ViL-T block on an H100, 1,216 columns at batch 256), and the conv's SiLU was a pass of its own (24 us). Here each
-backward kernel writes its columns of up's gradient in place, the qk GEMM's input gradient accumulates onto the
-skip's gradient (cuBLAS beta = 1) instead of being summed with it by another pass, the conv kernel applies the SiLU,
-and the SiLU's backward recomputes the conv's pre-activation from x_inner (so it is neither written nor kept).
-The kernels are those of the separate ops (grid_conv_triton, kernels.mlstm.parallel_triton, norm_gate_triton).
+ViL-T block on an H100, 1,216 columns at batch 256). Here each backward kernel writes its columns of up's gradient
+in place. The conv, its SiLU and the block-diagonal q/k projection with the gates' shares are one kernel each way
+(xlstm_core/conv_qk_triton.py: no dense q/k GEMMs, the conv's pre-activation recomputed in the backward, so it is
+neither written nor kept). The other kernels are those of the separate ops (grid_conv_triton,
+kernels.mlstm.parallel_triton, norm_gate_triton).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kernels.mlstm.parallel_triton import packed_backward_into, packed_forward_residuals
 from xlstm_core import grid_conv_triton as conv
 from xlstm_core import norm_gate_triton as norm_gate
+from xlstm_core.conv_qk_triton import conv_qk, conv_qk_backward
 
 
 def _pieces(up: torch.Tensor, inner: int, v_width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -30,23 +30,22 @@ def _pieces(up: torch.Tensor, inner: int, v_width: int) -> tuple[torch.Tensor, t
 @torch.library.custom_op("xlstm_kit::mixer_fwd", mutates_args=())
 def _forward(up: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, w_qk: torch.Tensor,
              b_qk: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, skip: torch.Tensor,
-             height: int, width: int, num_heads: int, v_width: int, sig: bool, eps: float
+             height: int, width: int, block_size: int, num_heads: int, v_width: int, sig: bool, eps: float
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                         torch.Tensor, torch.Tensor]:
     """y (B, T, inner) and what the backward reads: x_conv, qk, h (B, T, ...) and the cell's fp32 rows g, mx,
     alpha, gamma. Not exported: `mixer_triton` is the entry point."""
     inner = conv_weight.shape[0]
     x_inner, z, v = _pieces(up, inner, v_width)
-    x_conv = conv._conv(x_inner, conv_weight, conv_bias, height, width, True)
-    qk = F.linear(x_conv, w_qk, b_qk)
+    x_conv, qk = conv_qk(x_inner, conv_weight, conv_bias, w_qk, b_qk, height, width, block_size)
     h, *rows = packed_forward_residuals(qk, v, num_heads, inner // num_heads, sig)
     y = norm_gate._forward(h.unflatten(-1, (num_heads, -1)), x_conv, z, norm_weight, norm_bias, skip, eps)
     return y, x_conv, qk, h, *rows
 
 
 @_forward.register_fake
-def _(up, conv_weight, conv_bias, w_qk, b_qk, norm_weight, norm_bias, skip, height, width, num_heads, v_width, sig,
-      eps):
+def _(up, conv_weight, conv_bias, w_qk, b_qk, norm_weight, norm_bias, skip, height, width, block_size, num_heads,
+      v_width, sig, eps):
     B, T = up.shape[:2]
     inner = conv_weight.shape[0]
     row = lambda: up.new_empty(B, num_heads, T, dtype=torch.float32)
@@ -58,12 +57,12 @@ def _(up, conv_weight, conv_bias, w_qk, b_qk, norm_weight, norm_bias, skip, heig
 def _backward(dy: torch.Tensor, up: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
               w_qk: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, skip: torch.Tensor,
               x_conv: torch.Tensor, qk: torch.Tensor, h: torch.Tensor, g: torch.Tensor, mx: torch.Tensor,
-              alpha: torch.Tensor, gamma: torch.Tensor, height: int, width: int, num_heads: int, v_width: int,
-              sig: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor]:
-    """d up (written whole, padding columns zero), d conv weight and bias (fp32), d w_qk and d b_qk (in up's dtype,
-    as autocast's linear gives them), and the norm-gate's fp32 parameter gradients stacked (3, inner) as weight,
-    skip, bias."""
+              alpha: torch.Tensor, gamma: torch.Tensor, height: int, width: int, block_size: int, num_heads: int,
+              v_width: int, sig: bool, eps: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """d up (written whole, padding columns zero), and in fp32 the gradients of the conv's weight and bias, of w_qk
+    (zero outside q's and k's blocks) and b_qk, and the norm-gate's parameter gradients stacked (3, inner) as
+    weight, skip, bias."""
     inner, head_dim = conv_weight.shape[0], conv_weight.shape[0] // num_heads
     d_up = torch.empty_like(up, memory_format=torch.contiguous_format)
     d_up[..., 2 * inner + v_width :].zero_()
@@ -73,29 +72,25 @@ def _backward(dy: torch.Tensor, up: torch.Tensor, conv_weight: torch.Tensor, con
                                                      norm_weight, norm_bias, skip, eps, d_z)
     d_qk = torch.empty_like(qk)
     packed_backward_into(dh.flatten(2), qk, v, h, g, mx, alpha, gamma, num_heads, head_dim, head_dim, sig, d_qk, d_v)
-    d_qk2 = d_qk.flatten(0, 1)
-    d_conv_out.flatten(0, 1).addmm_(d_qk2, w_qk)  # + the skip's share, already in d_conv_out
-    d_w_qk = d_qk2.t() @ x_conv.flatten(0, 1)
-    # the column sum as a product with ones: ATen's reduction over the tokens took 70 us per ViL-T block (H100)
-    d_b_qk = (d_qk2.new_ones(1, d_qk2.shape[0]) @ d_qk2).squeeze(0)
-    du = conv._conv(x_inner, conv_weight, conv_bias, height, width, False, silu_grad_of=d_conv_out)
+    du, *param_grads = conv_qk_backward(x_inner, conv_weight, conv_bias, w_qk, x_conv, d_qk, d_conv_out, height,
+                                        width, block_size)
     conv._dgrad_into(du, conv_weight, height, width, d_inner)
-    return (d_up, *conv._weight_grads(du, x_inner, height, width), d_w_qk, d_b_qk, d_norm)
+    return d_up, *param_grads, d_norm
 
 
 @_backward.register_fake
 def _(dy, up, conv_weight, conv_bias, w_qk, norm_weight, norm_bias, skip, x_conv, qk, h, g, mx, alpha, gamma, height,
-      width, num_heads, v_width, sig, eps):
+      width, block_size, num_heads, v_width, sig, eps):
     inner = conv_weight.shape[0]
     fp32 = lambda *shape: up.new_empty(*shape, dtype=torch.float32)
     return (torch.empty_like(up, memory_format=torch.contiguous_format), fp32(inner, 1, 3, 3), fp32(inner),
-            up.new_empty(w_qk.shape), up.new_empty(w_qk.shape[0]), fp32(3, inner))
+            fp32(*w_qk.shape), fp32(w_qk.shape[0]), fp32(3, inner))
 
 
 def _setup_context(ctx, inputs, output):
-    up, conv_weight, conv_bias, w_qk, _, norm_weight, norm_bias, skip, *ctx.scalars = inputs
+    up, conv_weight, conv_bias, w_qk, b_qk, norm_weight, norm_bias, skip, *ctx.scalars = inputs
     ctx.save_for_backward(up, conv_weight, conv_bias, w_qk, norm_weight, norm_bias, skip, *output[1:])
-    ctx.dtypes = [t.dtype for t in (conv_weight, conv_bias, norm_weight, skip)]
+    ctx.dtypes = [t.dtype for t in (conv_weight, conv_bias, w_qk, b_qk, norm_weight, skip)]
 
 
 def _autograd_backward(ctx, dy, *_):
@@ -103,10 +98,10 @@ def _autograd_backward(ctx, dy, *_):
     d_up, d_conv_w, d_conv_b, d_w_qk, d_b_qk, d_norm = _backward(dy, up, conv_weight, conv_bias, w_qk, norm_weight,
                                                                  norm_bias, skip, *saved, *ctx.scalars)
     d_weight, d_skip, d_bias = d_norm.unbind(0)
-    conv_w_dtype, conv_b_dtype, norm_dtype, skip_dtype = ctx.dtypes
-    return (d_up, d_conv_w.to(conv_w_dtype), d_conv_b.to(conv_b_dtype), d_w_qk, d_b_qk,
+    conv_w_dtype, conv_b_dtype, w_qk_dtype, b_qk_dtype, norm_dtype, skip_dtype = ctx.dtypes
+    return (d_up, d_conv_w.to(conv_w_dtype), d_conv_b.to(conv_b_dtype), d_w_qk.to(w_qk_dtype), d_b_qk.to(b_qk_dtype),
             d_weight.to(norm_dtype), None if norm_bias is None else d_bias.to(norm_bias.dtype), d_skip.to(skip_dtype),
-            *[None] * 6)
+            *[None] * 7)
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -114,17 +109,19 @@ _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 def mixer_triton(up: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, w_qk: torch.Tensor,
                  b_qk: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, skip: torch.Tensor,
-                 grid: tuple[int, int], num_heads: int, v_width: int, variant: str, eps: float) -> torch.Tensor:
+                 grid: tuple[int, int], block_size: int, num_heads: int, v_width: int, variant: str,
+                 eps: float) -> torch.Tensor:
     """y (B, T, inner) in up's dtype from the up-projection's output up (B, T, W; unit column stride), differentiable
     in up and every parameter. conv_weight (inner, 1, 3, 3) and conv_bias: the depthwise grid conv; w_qk (W_qk,
-    inner) and b_qk: the folded q / k / gate projection of x_conv (cast to up's dtype here, as autocast would);
-    v_width: the width of [v | gate shares | padding] after x_inner and z in up. Shapes are the layer's (it
-    checks its configuration); here only layouts are ensured."""
+    inner; any strides) and b_qk: the folded q / k / gate projection of x_conv, its q and k rows block-diagonal
+    with `block_size` blocks (only the block entries are read; used in up's dtype, as autocast would); v_width: the
+    width of [v | gate shares | padding] after x_inner and z in up. Shapes are the layer's (it checks its
+    configuration); here only layouts are ensured."""
     if conv_weight.shape[-2:] != (3, 3):
         raise ValueError(f"the fused mixer takes a 3 x 3 grid conv, got {tuple(conv_weight.shape[-2:])}")
     up = up if up.stride(-1) == 1 else up.contiguous()
-    return _forward(up, conv_weight.contiguous(), conv_bias.contiguous(), w_qk.to(up.dtype), b_qk.to(up.dtype),
-                    norm_weight, norm_bias, skip, int(grid[0]), int(grid[1]), num_heads, v_width, variant == "sig",
+    return _forward(up, conv_weight.contiguous(), conv_bias.contiguous(), w_qk, b_qk.contiguous(), norm_weight,
+                    norm_bias, skip, int(grid[0]), int(grid[1]), int(block_size), num_heads, v_width, variant == "sig",
                     float(eps))[0]
 
 

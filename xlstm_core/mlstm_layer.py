@@ -203,16 +203,39 @@ class mLSTMPreUpLayer(nn.Module):
         return (self.cfg.dense_qkv and state is None and not return_state
                 and sequence_form(self.cfg, x.shape[1], x.device) == "parallel")
 
+    def _takes_fused_conv(self, x_inner: torch.Tensor, grid: tuple[int, int] | None) -> bool:
+        """Whether the packed path's grid conv, SiLU and block-diagonal q/k run fused on Triton
+        (xlstm_core/conv_qk_triton.py): a grid conv, q/k blocks that fit the kernels' tiles, and the Triton backend
+        for x_inner's device and dtype."""
+        from xlstm_core.conv_qk_triton import takes_blocks
+
+        return (grid is not None and isinstance(self.conv, GridConv2d)
+                and takes_blocks(self.cfg.inner_dim, self.cfg.qkv_block_size)
+                and x_inner.dtype in (torch.float16, torch.bfloat16, torch.float32)
+                and resolve_backend(self.cfg.backend, x_inner.device, x_inner.dtype) == "triton")
+
+    def _grid_conv(self, x_inner: torch.Tensor, grid: tuple[int, int],
+                   folded: FoldedWeights | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x_conv = silu(grid conv(x_inner)) and, on the packed path (`folded` given) where the conv and the
+        block-diagonal q/k projection run fused (`_takes_fused_conv`) without a graph to record (training takes the
+        mixer op), [q | k | gate shares] from the same op; else None for them."""
+        sources = () if folded is None else (x_inner, folded.w_conv, folded.b_conv, *self.conv.parameters())
+        if folded is not None and not (torch.is_grad_enabled() and any(t.requires_grad for t in sources)) \
+                and self._takes_fused_conv(x_inner, grid):
+            from xlstm_core.conv_qk_triton import grid_conv_qk_triton
+
+            return grid_conv_qk_triton(x_inner, self.conv.conv.weight, self.conv.conv.bias, folded.w_conv.t(),
+                                       folded.b_conv, grid, self.cfg.qkv_block_size)
+        return self.conv.conv_silu(x_inner, grid, self.cfg.backend), None
+
     def _takes_fused_mixer(self, up: torch.Tensor, grid: tuple[int, int] | None) -> bool:
         """Whether the packed path's middle runs as one Triton op (xlstm_core/mixer_triton.py): in training (with a
-        gradient to compute) on the Triton backend, with a 3 x 3 grid conv and up to MAX_LEN tokens. Inference keeps
-        the separate fused ops, which need no residuals."""
+        gradient to compute), with the fused conv (`_takes_fused_conv`) of a 3 x 3 kernel and up to MAX_LEN tokens.
+        Inference keeps separate fused ops, which need no residuals."""
         from kernels.mlstm.parallel_triton import MAX_LEN
 
-        return (torch.is_grad_enabled() and grid is not None and isinstance(self.conv, GridConv2d)
-                and self.conv.conv.kernel_size == (3, 3) and up.shape[1] <= MAX_LEN
-                and up.dtype in (torch.float16, torch.bfloat16, torch.float32)
-                and resolve_backend(self.cfg.backend, up.device, up.dtype) == "triton")
+        return (torch.is_grad_enabled() and self._takes_fused_conv(up, grid)
+                and self.conv.conv.kernel_size == (3, 3) and up.shape[1] <= MAX_LEN)
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None):
@@ -227,8 +250,8 @@ class mLSTMPreUpLayer(nn.Module):
                 from xlstm_core.mixer_triton import mixer_triton
 
                 y = mixer_triton(up, self.conv.conv.weight, self.conv.conv.bias, folded.w_conv.t(), folded.b_conv,
-                                 self.norm.weight, self.norm_bias, self.skip, grid, NH, folded.w_inner.shape[1],
-                                 self.cfg.mlstm_variant, self.norm.eps)
+                                 self.norm.weight, self.norm_bias, self.skip, grid, self.cfg.qkv_block_size, NH,
+                                 folded.w_inner.shape[1], self.cfg.mlstm_variant, self.norm.eps)
                 return self.dropout(self.proj_down(y))
             x_inner, z = up[..., :inner], up[..., inner : 2 * inner]
             # v's own width (16-column aligned): the packed op writes its padding's gradient, autograd the rest
@@ -237,16 +260,18 @@ class mLSTMPreUpLayer(nn.Module):
             x_inner, z = self.proj_up(x).chunk(2, dim=-1)
         if isinstance(self.conv, CausalConv1d):
             x_conv, conv_state = self.conv(x_inner, None if state is None else state.conv)
-            x_conv = F.silu(x_conv)
+            x_conv, qk_gates = F.silu(x_conv), None
         else:
             if state is not None or return_state:
                 raise ValueError("a grid2d (non-causal) mLSTM layer has no recurrent state to carry")
             if grid is None:
                 raise ValueError("conv_mode='grid2d' needs the token grid: pass grid=(H, W)")
-            x_conv, conv_state = self.conv.conv_silu(x_inner, grid, self.cfg.backend), None
+            conv_state = None
+            x_conv, qk_gates = self._grid_conv(x_inner, grid, folded if packed else None)
         if packed:
             head_dim = inner // NH
-            qk_gates = _linear_2d(x_conv, folded.w_conv.t(), folded.b_conv)
+            if qk_gates is None:
+                qk_gates = _linear_2d(x_conv, folded.w_conv.t(), folded.b_conv)
             h = mlstm_packed(qk_gates, v_gates, num_heads=NH, head_dim_qk=head_dim, head_dim_v=head_dim,
                              variant=self.cfg.mlstm_variant, backend=self.cfg.backend)
             cell_state = None

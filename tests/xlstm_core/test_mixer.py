@@ -16,6 +16,15 @@ from xlstm_core.mixer_triton import mixer_triton
 from xlstm_core.norm_gate import norm_skip_gate_reference
 
 NAMES = ("up", "conv_weight", "conv_bias", "w_qk", "b_qk", "norm_weight", "norm_bias", "skip")
+BLOCK = 4  # ViL's q / k block size
+
+
+def block_mask(w_qk: torch.Tensor, inner: int) -> torch.Tensor:
+    """1 where the op reads w_qk: q's and k's diagonal blocks and the gate-share rows; 0 elsewhere."""
+    blocks = torch.arange(inner, device=w_qk.device) // BLOCK
+    mask = torch.ones_like(w_qk)
+    mask[: 2 * inner] = (blocks[:, None] == blocks[None, :]).to(w_qk.dtype).repeat(2, 1)
+    return mask
 
 
 def inputs(B, grid, num_heads, head_dim, *, norm_bias=True, pad=16, dtype=torch.float32, device="cpu", seed=0):
@@ -30,8 +39,8 @@ def inputs(B, grid, num_heads, head_dim, *, norm_bias=True, pad=16, dtype=torch.
     up = torch.randn(B, T, 2 * inner + v_width + pad)
     gates = slice(3 * inner, 3 * inner + 2 * NH)
     up[..., gates] = 0.3 * torch.randn(B, T, 2 * NH) + torch.tensor([0.0] * NH + [1.5] * NH)
-    w_qk = torch.randn(qk_width, inner) / inner**0.5
-    w_qk[2 * inner :] *= 0.05  # the gate shares of q and k
+    w_qk = torch.randn(qk_width, inner) / BLOCK**0.5  # dense: the op must not read outside q's and k's blocks
+    w_qk[2 * inner :] *= 0.05 * (BLOCK / inner) ** 0.5  # the gate shares of q and k
     w_qk[-8:] = 0.0  # the folded projection's padding rows
     b_qk = 0.1 * torch.randn(qk_width)
     b_qk[2 * inner + NH : 2 * inner + 2 * NH] += 1.5
@@ -42,8 +51,8 @@ def inputs(B, grid, num_heads, head_dim, *, norm_bias=True, pad=16, dtype=torch.
 
 
 def composed(t, grid, num_heads, v_width, variant, eps=1e-6):
-    """The op's function from PyTorch's ops: the conv on an image grid, the packed mLSTM's reference backend and
-    the reference norm-gate chain."""
+    """The op's function from PyTorch's ops: the conv on an image grid, the block-diagonal part of w_qk, the packed
+    mLSTM's reference backend and the reference norm-gate chain."""
     inner = t["conv_weight"].shape[0]
     up = t["up"]
     x_inner, z, v = up[..., :inner], up[..., inner : 2 * inner], up[..., 2 * inner : 2 * inner + v_width]
@@ -51,7 +60,7 @@ def composed(t, grid, num_heads, v_width, variant, eps=1e-6):
     image = x_inner.transpose(1, 2).reshape(B, inner, *grid)
     x_conv = F.silu(F.conv2d(image, t["conv_weight"], t["conv_bias"], padding=1, groups=inner))
     x_conv = x_conv.flatten(2).transpose(1, 2)
-    qk = F.linear(x_conv, t["w_qk"], t["b_qk"])
+    qk = F.linear(x_conv, t["w_qk"] * block_mask(t["w_qk"], inner), t["b_qk"])
     h = mlstm_packed(qk, v, num_heads=num_heads, head_dim_qk=inner // num_heads, head_dim_v=inner // num_heads,
                      variant=variant, backend="torch")
     return norm_skip_gate_reference(h, x_conv, z, t["norm_weight"], t["norm_bias"], t["skip"], eps)
@@ -61,7 +70,7 @@ def check(B, grid, num_heads, head_dim, variant, norm_bias=True, dtype=torch.flo
     t, v_width = inputs(B, grid, num_heads, head_dim, norm_bias=norm_bias, dtype=dtype, device=device)
     ref = {k: None if x is None else x.detach().double().requires_grad_() for k, x in t.items()}
     y = mixer_triton(t["up"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], t["norm_weight"],
-                     t["norm_bias"], t["skip"], grid, num_heads, v_width, variant, 1e-6)
+                     t["norm_bias"], t["skip"], grid, BLOCK, num_heads, v_width, variant, 1e-6)
     y_ref = composed(ref, grid, num_heads, v_width, variant)
     assert_close(y, y_ref, dtype, "y", factor)
     dy = torch.randn_like(y_ref)
@@ -93,7 +102,7 @@ def test_mixer_rejects_other_conv_sizes():
     t, v_width = inputs(1, (3, 3), 2, 16)
     with pytest.raises(ValueError, match="3 x 3"):
         mixer_triton(t["up"], torch.randn(32, 1, 5, 5), t["conv_bias"], t["w_qk"], t["b_qk"], t["norm_weight"],
-                     t["norm_bias"], t["skip"], (3, 3), 2, v_width, "exp", 1e-6)
+                     t["norm_bias"], t["skip"], (3, 3), BLOCK, 2, v_width, "exp", 1e-6)
 
 
 def separate_ops(t, grid, num_heads, v_width, variant):
@@ -106,7 +115,7 @@ def separate_ops(t, grid, num_heads, v_width, variant):
     up = t["up"]
     x_inner, z, v = up[..., :inner], up[..., inner : 2 * inner], up[..., 2 * inner : 2 * inner + v_width]
     x_conv = F.silu(grid_conv_triton(x_inner, t["conv_weight"], t["conv_bias"], grid))
-    qk = F.linear(x_conv, t["w_qk"], t["b_qk"])
+    qk = F.linear(x_conv, t["w_qk"] * block_mask(t["w_qk"], inner), t["b_qk"])
     h = mlstm_packed(qk, v, num_heads=num_heads, head_dim_qk=inner // num_heads, head_dim_v=inner // num_heads,
                      variant=variant, backend="triton")
     return norm_skip_gate(h, x_conv, z, t["norm_weight"], t["norm_bias"], t["skip"], backend="triton")
@@ -123,7 +132,7 @@ def test_gpu_mixer_bf16_at_vil_tiny_shape(variant):
     names = [n for n in NAMES if t[n] is not None]
     dy = torch.randn(32, grid[0] * grid[1], NH * 96, device="cuda", dtype=torch.float64)
     fused = mixer_triton(t["up"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], t["norm_weight"],
-                         t["norm_bias"], t["skip"], grid, NH, v_width, variant, 1e-6)
+                         t["norm_bias"], t["skip"], grid, BLOCK, NH, v_width, variant, 1e-6)
     outputs = {"fused": fused, "separate": separate_ops(t, grid, NH, v_width, variant)}
     grads = {k: torch.autograd.grad(y, [t[n] for n in names], dy.bfloat16()) for k, y in outputs.items()}
     y_ref = composed(ref, grid, NH, v_width, variant)

@@ -1,0 +1,140 @@
+"""The grid conv + SiLU + block-diagonal q/k projection in one Triton kernel (xlstm_core/conv_qk_triton.py), forward
+and backward, against PyTorch's conv2d, SiLU and F.linear with the block-diagonal part of the weight, in fp64.
+
+On CPU the kernels run under TRITON_INTERPRET=1 in fp32/fp16. x is a column slice of a wider tensor (the
+up-projection's layout), w_qk a transposed view (the folded weight's layout) that is dense: the kernels must read
+only q's and k's diagonal blocks. Grids are not square; token, channel and gate counts are not multiples of the
+tiles. The `gpu` test runs bf16 at ViL-T's shape.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.kernels.tolerances import assert_close
+from xlstm_core.conv_qk_triton import conv_qk_backward, grid_conv_qk_triton
+from xlstm_core.grid_conv_triton import _dgrad_into
+
+NAMES = ("x", "conv_weight", "conv_bias", "w_qk", "b_qk")
+
+
+def block_mask(width: int, inner: int, block: int) -> torch.Tensor:
+    blocks = torch.arange(inner) // block
+    mask = torch.ones(width, inner, dtype=torch.float64)
+    mask[: 2 * inner] = (blocks[:, None] == blocks[None, :]).double().repeat(2, 1)
+    return mask
+
+
+def inputs(B, grid, D, K, gates, block, *, dtype=torch.float32, device="cpu", seed=0):
+    """x as the middle third of a (B, T, 3 D) tensor, the conv's parameters, and w_qk (2 D + gates + 8 padding rows,
+    D) stored as the transpose of an (in, out) matrix, dense."""
+    torch.manual_seed(seed)
+    width = 2 * D + gates + 8
+    w_qk = torch.randn(D, width) / block**0.5
+    w_qk[:, 2 * D :] *= (block / D) ** 0.5
+    w_qk[:, 2 * D + gates :] = 0.0
+    t = {"x": torch.randn(B, grid[0] * grid[1], 3 * D)[..., D : 2 * D], "conv_weight": 0.3 * torch.randn(D, 1, K, K),
+         "conv_bias": 0.3 * torch.randn(D), "w_qk": w_qk.t(), "b_qk": 0.3 * torch.randn(width)}
+    return {k: v.to(device, dtype) for k, v in t.items()}
+
+
+def reference(t, grid, block):
+    """x_conv and qk in fp64, differentiable in every input."""
+    r = {k: v.detach().double().requires_grad_() for k, v in t.items()}
+    B, T, D = r["x"].shape
+    K = r["conv_weight"].shape[-1]
+    image = r["x"].transpose(1, 2).reshape(B, D, *grid)
+    x_conv = F.silu(F.conv2d(image, r["conv_weight"], r["conv_bias"], padding=K // 2, groups=D))
+    x_conv = x_conv.flatten(2).transpose(1, 2)
+    mask = block_mask(r["w_qk"].shape[0], D, block).to(x_conv.device)
+    return r, x_conv, F.linear(x_conv, r["w_qk"] * mask, r["b_qk"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("grid, D, K, gates", [((3, 5), 40, 3, 4), ((6, 7), 128, 3, 8), ((4, 5), 72, 5, 2)])
+def test_forward_matches_reference(grid, D, K, gates, dtype):
+    t = inputs(2, grid, D, K, gates, 4, dtype=dtype)
+    _, x_conv_ref, qk_ref = reference(t, grid, 4)
+    with torch.no_grad():
+        x_conv, qk = grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], grid, 4)
+    assert x_conv.dtype == qk.dtype == dtype
+    assert_close(x_conv, x_conv_ref, dtype, "x_conv")
+    assert_close(qk, qk_ref, dtype, "qk")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("grid, D, gates, block", [((3, 5), 40, 4, 4), ((6, 7), 128, 8, 4), ((2, 9), 64, 6, 8)])
+def test_backward_matches_autograd(grid, D, gates, block, dtype):
+    """du taken through the conv's input gradient (the mixer's next kernel) to dx, and every parameter gradient; the
+    gradient of w_qk is zero outside q's and k's blocks, as the reference's (whose function masks them)."""
+    t = inputs(2, grid, D, 3, gates, block, dtype=dtype)
+    r, x_conv_ref, qk_ref = reference(t, grid, block)
+    torch.manual_seed(1)
+    d_qk = torch.randn_like(qk_ref)
+    d_qk[..., 2 * D + gates :] = 0.0  # the cell's backward writes zeros into the padding columns
+    d_x_conv = torch.randn_like(x_conv_ref)
+    want = torch.autograd.grad((x_conv_ref, qk_ref), [r[n] for n in NAMES], (d_x_conv, d_qk))
+    with torch.no_grad():
+        x_conv, _ = grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], grid, block)
+    du, d_conv_w, d_conv_b, d_w_qk, d_b_qk = conv_qk_backward(
+        t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], x_conv, d_qk.to(dtype), d_x_conv.to(dtype), *grid,
+        block)
+    dx = torch.empty_like(t["x"])
+    _dgrad_into(du, t["conv_weight"], *grid, dx)
+    assert du.dtype == dtype and d_w_qk.dtype == torch.float32
+    for name, got, expected in zip(NAMES, (dx, d_conv_w, d_conv_b, d_w_qk, d_b_qk), want):
+        assert_close(got, expected, dtype, f"d {name}")
+    outside = block_mask(d_w_qk.shape[0], D, block) == 0
+    assert d_w_qk[outside].abs().max() == 0
+
+
+def test_rejects_blocks_that_do_not_fit_the_tiles():
+    t = inputs(1, (3, 3), 48, 3, 4, 4)
+    with pytest.raises(ValueError, match="block size 3"):
+        grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], (3, 3), 3)
+    with pytest.raises(ValueError, match="96 rows"):
+        grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"][:90], t["b_qk"][:90], (3, 3), 4)
+
+
+def test_layer_inference_takes_the_fused_conv(monkeypatch):
+    """Without a gradient the packed ViL layer on Triton gets x_conv and [q | k | gate shares] from the fused kernel
+    and computes what the PyTorch backend computes."""
+    from vision.vil import VisionLSTM
+    from xlstm_core import conv_qk_triton
+
+    calls = []
+    fused = conv_qk_triton.grid_conv_qk_triton
+    monkeypatch.setattr(conv_qk_triton, "grid_conv_qk_triton", lambda *a: calls.append(1) or fused(*a))
+    torch.manual_seed(0)
+    model = VisionLSTM(img_size=32, patch_size=8, embed_dim=32, depth=2, num_classes=5, backend="triton").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+    reference_model = VisionLSTM(img_size=32, patch_size=8, embed_dim=32, depth=2, num_classes=5, backend="torch")
+    reference_model.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got, want = model(x), reference_model.eval()(x)
+    assert len(calls) == 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_at_vil_tiny_shape():
+    """bf16 at ViL-T's shape (14 x 14 tokens, 384 channels, 4 x 4 blocks, 8 gate shares): forward and every gradient
+    within the bf16 tolerance of fp64."""
+    grid, D, dtype = (14, 14), 384, torch.bfloat16
+    t = inputs(64, grid, D, 3, 8, 4, dtype=dtype, device="cuda")
+    r, x_conv_ref, qk_ref = reference(t, grid, 4)
+    with torch.no_grad():
+        x_conv, qk = grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], grid, 4)
+    assert_close(x_conv, x_conv_ref, dtype, "x_conv")
+    assert_close(qk, qk_ref, dtype, "qk")
+    d_qk, d_x_conv = torch.randn_like(qk_ref), torch.randn_like(x_conv_ref)
+    d_qk[..., 2 * D + 8 :] = 0.0
+    want = torch.autograd.grad((x_conv_ref, qk_ref), [r[n] for n in NAMES], (d_x_conv, d_qk))
+    du, *grads = conv_qk_backward(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], x_conv, d_qk.to(dtype),
+                                  d_x_conv.to(dtype), *grid, 4)
+    dx = torch.empty_like(t["x"])
+    _dgrad_into(du, t["conv_weight"], *grid, dx)
+    for name, got, expected in zip(NAMES, (dx, *grads), want):
+        assert_close(got, expected, dtype, f"d {name}")
