@@ -123,14 +123,16 @@ def separate_ops(t, grid, num_heads, v_width, variant):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["exp", "sig"])
-def test_gpu_mixer_bf16_at_vil_tiny_shape(variant):
-    """bf16 at ViL-T's shape: every gradient at most twice as far from fp64 as the separate ops' (or within the bf16
-    tolerance). Both lose ~1e-2 to the cell's backward at 196 tokens; a wrong column or term costs ~1."""
+@pytest.mark.parametrize("head_dim, batch", [(96, 32), (192, 16), (384, 8)])
+def test_gpu_mixer_bf16_at_vil_shapes(variant, head_dim, batch):
+    """bf16 at the shapes of ViL-T, ViL-S and ViL-B (heads of 96, 192 and 384: the cell's whole-head and sliced
+    kernels): every gradient at most twice as far from fp64 as the separate ops' (or within the bf16 tolerance). Both
+    lose ~1e-2 to the cell's backward at 196 tokens; a wrong column or term costs ~1."""
     grid, NH = (14, 14), 4
-    t, v_width = inputs(32, grid, NH, 96, dtype=torch.bfloat16, device="cuda")
+    t, v_width = inputs(batch, grid, NH, head_dim, dtype=torch.bfloat16, device="cuda")
     ref = {k: None if x is None else x.detach().double().requires_grad_() for k, x in t.items()}
     names = [n for n in NAMES if t[n] is not None]
-    dy = torch.randn(32, grid[0] * grid[1], NH * 96, device="cuda", dtype=torch.float64)
+    dy = torch.randn(batch, grid[0] * grid[1], NH * head_dim, device="cuda", dtype=torch.float64)
     fused = mixer_triton(t["up"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], t["norm_weight"],
                          t["norm_bias"], t["skip"], grid, BLOCK, NH, v_width, variant, 1e-6)
     outputs = {"fused": fused, "separate": separate_ops(t, grid, NH, v_width, variant)}
