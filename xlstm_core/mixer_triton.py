@@ -8,9 +8,9 @@ training on the Triton backend, as one autograd op from the up-projection's outp
 Built from separate ops, the backward's gradients of up's three pieces (x_inner's from the conv, z's from the
 norm-gate, v's from the cell) came out as three tensors that one more pass assembled into up's gradient (76 us per
 ViL-T block on an H100, 1,216 columns at batch 256). Here each backward kernel writes its columns of up's gradient
-in place. The conv, its SiLU and the block-diagonal q/k projection with the gates' shares are one kernel each way
-(xlstm_core/conv_qk_triton.py: no dense q/k GEMMs, the conv's pre-activation recomputed in the backward, so it is
-neither written nor kept). The other kernels are those of the separate ops (grid_conv_triton,
+in place. The conv, its SiLU, the block-diagonal q/k projection and the gates' shares run on
+xlstm_core/conv_qk_triton.py's kernels (no dense q/k GEMM; the conv's pre-activation is recomputed in the backward,
+so it is neither written nor kept). The other kernels are those of the separate ops (grid_conv_triton,
 kernels.mlstm.parallel_triton, norm_gate_triton).
 """
 from __future__ import annotations

@@ -93,6 +93,10 @@ def test_rejects_blocks_that_do_not_fit_the_tiles():
         grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], (3, 3), 3)
     with pytest.raises(ValueError, match="96 rows"):
         grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"][:90], t["b_qk"][:90], (3, 3), 4)
+    t5 = inputs(1, (3, 3), 48, 5, 4, 4)
+    x_conv, qk = grid_conv_qk_triton(t5["x"], t5["conv_weight"], t5["conv_bias"], t5["w_qk"], t5["b_qk"], (3, 3), 4)
+    with pytest.raises(ValueError, match="3 x 3"):  # the backward's conv recompute and tap sums are 3 x 3
+        conv_qk_backward(t5["x"], t5["conv_weight"], t5["conv_bias"], t5["w_qk"], x_conv, qk, x_conv, 3, 3, 4)
 
 
 def test_layer_inference_takes_the_fused_conv(monkeypatch):
