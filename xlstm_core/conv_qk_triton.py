@@ -256,7 +256,7 @@ def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torc
     if conv_weight.shape[-2:] != (3, 3):
         raise ValueError(f"the fused conv + q/k backward takes a 3 x 3 conv, got {tuple(conv_weight.shape[-2:])}")
     gates = W_qk - 2 * D
-    x_conv, d_qk, d_x_conv = x_conv.contiguous(), d_qk.contiguous(), d_x_conv.contiguous()
+    x_conv, d_qk, d_x_conv = (t.to(x.dtype).contiguous() for t in (x_conv, d_qk, d_x_conv))  # the dots take one dtype
     w_qk, precision, bg = w_qk.to(d_qk.dtype), _precision(d_qk.dtype), _gate_block(W_qk, D)
     du = torch.empty_like(x_conv)
     bm, bd, warps = DGRAD_TILES
