@@ -144,8 +144,8 @@ def _dgrad_kernel(DQK, WQK, DXC, X, CW, CB, DU, N, T, H, W, D, NG, W_QK, sw_o, s
             w = tl.load(CW + d * 9 + i * 3 + j, mask=mask_d, other=0.0).to(tl.float32)[None, :]
             u += _tap(X, b, row, col, d[None, :], mask, i - 1, j - 1, H, W, sx_b, sx_t) * w
     s = tl.sigmoid(u)
-    tl.store(DU + rows.to(tl.int64)[:, None] * D + d[None, :], (acc * s * (1.0 + u * (1.0 - s))).to(DU.dtype.element_ty),
-             mask=mask)
+    du = acc * s * (1.0 + u * (1.0 - s))
+    tl.store(DU + rows.to(tl.int64)[:, None] * D + d[None, :], du.to(DU.dtype.element_ty), mask=mask)
 
 
 @triton.jit
