@@ -38,8 +38,6 @@ from xlstm_core import grid_conv_triton as conv
 # (tokens per step, channels, warps). The fastest of an H100 sweep at ViL-T's shape (session 19: 12 forward, 12 input-
 # and 8 weight-gradient configs with 16-128 tokens, 32-64 channels, 2-8 warps; the gate kernel's 4 configs within 0.3%).
 FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (64, 64, 4), (64, 64, 4)
-# The weight-gradient launch aims at this many programs per SM (132 SMs assumed off the GPU).
-WGRAD_PROGRAMS_PER_SM = 4
 
 
 def _gate_block(width: int, inner: int) -> int:
@@ -56,12 +54,17 @@ def _tap(ptr, b, row, col, d, mask, di: tl.constexpr, dj: tl.constexpr, H, W, s_
 
 
 @triton.jit
+def _in_blocks(mask_d, BLOCK: tl.constexpr, BD: tl.constexpr):
+    """(BD, BD): whether entry (r, c) of a diagonal tile lies in one of its BLOCK x BLOCK blocks (and in range)."""
+    c = tl.arange(0, BD)
+    return ((c[:, None] // BLOCK) == (c[None, :] // BLOCK)) & mask_d[:, None] & mask_d[None, :]
+
+
+@triton.jit
 def _diag_tile(ptr, d, mask_d, s_r, s_c, BLOCK: tl.constexpr, BD: tl.constexpr):
     """The (BD, BD) tile ptr[d[r] * s_r + d[c] * s_c] of a block-diagonal map: entries outside its BLOCK x BLOCK
     blocks are zero (and not read)."""
-    c = tl.arange(0, BD)
-    keep = ((c[:, None] // BLOCK) == (c[None, :] // BLOCK)) & mask_d[:, None] & mask_d[None, :]
-    return tl.load(ptr + d[:, None] * s_r + d[None, :] * s_c, mask=keep, other=0.0)
+    return tl.load(ptr + d[:, None] * s_r + d[None, :] * s_c, mask=_in_blocks(mask_d, BLOCK, BD), other=0.0)
 
 
 @triton.jit
@@ -182,9 +185,8 @@ def _wgrad_kernel(DQK, XC, PART, N, D, NG, W_QK, SPAN, P_LEN, BLOCK: tl.constexp
         sum_k += tl.sum(dk.to(tl.float32), axis=0)
         sum_g += tl.sum(dg.to(tl.float32), axis=0)
     part = PART + split.to(tl.int64) * P_LEN
-    c = tl.arange(0, BD)
-    keep = ((c[:, None] // BLOCK) == (c[None, :] // BLOCK)) & mask_d[:, None] & mask_d[None, :]
-    blocks = part + d[:, None] * BLOCK + (c[None, :] % BLOCK)
+    keep = _in_blocks(mask_d, BLOCK, BD)
+    blocks = part + d[:, None] * BLOCK + (tl.arange(0, BD)[None, :] % BLOCK)
     tl.store(blocks, acc_q, mask=keep)
     tl.store(blocks + D * BLOCK, acc_k, mask=keep)
     biases = part + 2 * D * BLOCK
@@ -237,13 +239,6 @@ def conv_qk(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
     return x_conv, qk
 
 
-def _weight_splits(channel_blocks: int, tokens: int, bm: int, device: torch.device) -> int:
-    """Token ranges for the weight-gradient launch: near WGRAD_PROGRAMS_PER_SM programs per SM, each at least 4
-    steps of bm tokens."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(triton.cdiv(WGRAD_PROGRAMS_PER_SM * sms, channel_blocks), tokens // (4 * bm)))
-
-
 def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, w_qk: torch.Tensor,
                      x_conv: torch.Tensor, d_qk: torch.Tensor, d_x_conv: torch.Tensor, height: int, width: int,
                      block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -266,7 +261,7 @@ def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torc
         w_qk.stride(1), x.stride(0), x.stride(1), BLOCK=block_size, BM=bm, BD=bd, BG=bg, PRECISION=precision,
         num_warps=warps)
     bm, bd, warps = WGRAD_TILES
-    splits = _weight_splits(triton.cdiv(D, bd), N, bm, x.device)
+    splits = conv._token_splits(triton.cdiv(D, bd), N, bm, x.device, min_blocks=4)
     span = triton.cdiv(triton.cdiv(N, splits), bm) * bm
     offsets = list(accumulate([2 * D * block_size, 2 * D, gates * D, gates]))
     part = torch.empty(splits, offsets[-1], device=x.device, dtype=torch.float32)

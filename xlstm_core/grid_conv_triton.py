@@ -12,9 +12,9 @@ hit the cache) and one write.
   through the flipped taps, and per image the nine tap sums and the bias sum, reduced over the batch. No dense copy of
   x is made (PyTorch's path copies it for cuDNN and keeps the copy for the weight gradient). A session-8 backward
   that recomputed u and fused the SiLU's backward was slower than cuDNN's; this one is measured in vision/README.md.
-- The fused mixer op (xlstm_core/mixer_triton.py) takes the kernels themselves: the forward with the SiLU, the
-  SiLU's backward with u recomputed from x (`_conv(..., silu_grad_of=g)`), dx written into a column slice of a wider
-  tensor (`_dgrad_into`), and the weight and bias sums (`_weight_grads`).
+- The fused mixer op (xlstm_core/mixer_triton.py, through xlstm_core/conv_qk_triton.py) takes the kernels' pieces:
+  dx written into a column slice of a wider tensor (`_dgrad_into`), the weight and bias sums (`_weight_grads`) and
+  the launch split of token ranges (`_token_splits`).
 """
 from __future__ import annotations
 
@@ -42,13 +42,11 @@ def _shifted(ptr, b, row, col, d, mask_t, mask_d, di, dj, H, W, s_b, s_t):
 
 
 @triton.jit
-def _stencil_kernel(X, WT, BIAS, G, Y, T, H, W, D, sx_b, sx_t, sy_b, sy_t, K: tl.constexpr, BT: tl.constexpr,
-                    BD: tl.constexpr, SILU: tl.constexpr, SILU_GRAD: tl.constexpr, FLIP: tl.constexpr,
-                    HAS_BIAS: tl.constexpr):
+def _stencil_kernel(X, WT, BIAS, Y, T, H, W, D, sx_b, sx_t, sy_b, sy_t, K: tl.constexpr, BT: tl.constexpr,
+                    BD: tl.constexpr, SILU: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr):
     """The forward u = bias + sum over the k x k taps of weight[d, i, j] * x[row + i - k // 2, col + j - k // 2]
-    (y = silu(u) with SILU; with SILU_GRAD the SiLU's backward g * silu'(u) for the dense (B, T, D) gradient G of
-    y, u recomputed), or with FLIP the backward's dx = sum over the taps of weight[d, i, j] * du[row - i + k // 2,
-    col - j + k // 2], for BT tokens (grid row and column from the token index) and BD channels of one image.
+    (y = silu(u) with SILU), or with FLIP the backward's dx = sum over the taps of weight[d, i, j] * du[row - i +
+    k // 2, col - j + k // 2], for BT tokens (grid row and column from the token index) and BD channels of one image.
     Y is written through its image and token strides."""
     b = tl.program_id(0)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
@@ -66,25 +64,18 @@ def _stencil_kernel(X, WT, BIAS, G, Y, T, H, W, D, sx_b, sx_t, sy_b, sy_t, K: tl
         u += tl.load(BIAS + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
     if SILU:
         u = u * tl.sigmoid(u)
-    if SILU_GRAD:
-        g = tl.load(G + b * T * D + t[:, None] * D + d[None, :], mask=mask_t[:, None] & mask_d[None, :],
-                    other=0.0).to(tl.float32)
-        sig = tl.sigmoid(u)
-        u = g * sig * (1.0 + u * (1.0 - sig))
     tl.store(Y + b * sy_b + t[:, None] * sy_t + d[None, :], u.to(Y.dtype.element_ty),
              mask=mask_t[:, None] & mask_d[None, :])
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int, silu: bool,
-          silu_grad_of: torch.Tensor | None = None) -> torch.Tensor:
-    """u, silu(u), or with `silu_grad_of` (the dense gradient of silu(u)) that gradient taken to u; (B, T, D)
-    contiguous in x's dtype."""
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, height: int, width: int,
+          silu: bool) -> torch.Tensor:
+    """u or silu(u), (B, T, D) contiguous in x's dtype."""
     B, T, D = x.shape
     y = x.new_empty(B, T, D)
     _stencil_kernel[(B, triton.cdiv(T, BT), triton.cdiv(D, BD))](
-        x, weight, bias, x if silu_grad_of is None else silu_grad_of, y, T, height, width, D, x.stride(0),
-        x.stride(1), T * D, D, K=weight.shape[-1], BT=BT, BD=BD, SILU=silu, SILU_GRAD=silu_grad_of is not None,
-        FLIP=False, HAS_BIAS=True, num_warps=WARPS)
+        x, weight, bias, y, T, height, width, D, x.stride(0), x.stride(1), T * D, D, K=weight.shape[-1], BT=BT,
+        BD=BD, SILU=silu, FLIP=False, HAS_BIAS=True, num_warps=WARPS)
     return y
 
 
@@ -155,11 +146,11 @@ DGRAD_TILES, WGRAD_TILES = (8, 64, 1), (8, 128, 1)
 WGRAD_PROGRAMS_PER_SM = 4
 
 
-def _token_splits(programs: int, T: int, bt: int, device: torch.device) -> int:
-    """Programs per image (each at least 8 token blocks) that bring the launch near WGRAD_PROGRAMS_PER_SM programs
-    per SM (132 SMs assumed off the GPU)."""
+def _token_splits(programs: int, T: int, bt: int, device: torch.device, min_blocks: int = 8) -> int:
+    """Programs per range of T tokens (each at least `min_blocks` blocks of bt tokens) that bring a launch of
+    `programs` ranges near WGRAD_PROGRAMS_PER_SM programs per SM (132 SMs assumed off the GPU)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(triton.cdiv(WGRAD_PROGRAMS_PER_SM * sms, programs), T // (8 * bt)))
+    return max(1, min(triton.cdiv(WGRAD_PROGRAMS_PER_SM * sms, programs), T // (min_blocks * bt)))
 
 
 @torch.library.custom_op("xlstm_kit::grid_conv_fwd", mutates_args=())
@@ -179,8 +170,8 @@ def _dgrad_into(du: torch.Tensor, weight: torch.Tensor, height: int, width: int,
     B, T, D = du.shape
     bt, bd, warps = DGRAD_TILES
     _stencil_kernel[(B, triton.cdiv(T, bt), triton.cdiv(D, bd))](
-        du, weight, weight, du, dx, T, height, width, D, T * D, D, dx.stride(0), dx.stride(1), K=3, BT=bt, BD=bd,
-        SILU=False, SILU_GRAD=False, FLIP=True, HAS_BIAS=False, num_warps=warps)
+        du, weight, weight, dx, T, height, width, D, T * D, D, dx.stride(0), dx.stride(1), K=3, BT=bt, BD=bd,
+        SILU=False, FLIP=True, HAS_BIAS=False, num_warps=warps)
 
 
 def _weight_grads(du: torch.Tensor, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
