@@ -1,9 +1,10 @@
-"""Tile sweep of the fused norm-skip-gate backward (xlstm_core/norm_gate_triton.py) at ViL-T's layer shape.
+"""Tile sweep of the fused norm-skip-gate chain (xlstm_core/norm_gate_triton.py), forward and backward, at a ViL layer's
+shape (ViL-T's by default; `--shape 256 196 4 192` for ViL-S's heads, `128 196 4 384` for ViL-B's).
 
-Batch 256, 196 tokens, 4 heads of 96, bf16, z a column slice of the up-projection's output (its width from the layer,
+196 tokens, bf16, z a column slice of the up-projection's output (its width from the layer,
 `benchmarks.common.packed_layer_widths`: 1,216 at ViL-T) and x_skip dense, as the compiled layer hands them over.
-Each candidate (tokens per program, warps) is timed on the whole backward op (kernel + the partial-sum reduction),
-its gradients compared with the pinned config's; the pinned config is the baseline measured in the same run.
+Each candidate (tokens per program, warps) is timed on the whole op (the backward's with its partial-sum reduction),
+its outputs compared with the pinned config's; the pinned config is the baseline measured in the same run.
 Prints a table and writes JSON (results schema of DESIGN.md).
 
     python -m benchmarks.norm_gate_tiles [--out benchmarks/results/norm_gate_bwd_sweep.json]
@@ -30,21 +31,27 @@ def _inputs(B: int, T: int, NH: int, DH: int):
 
 
 def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
-    """Rows of op time (GPU ms per op from CUDA-graph replays) and relative error per candidate."""
+    """Rows of op time (GPU ms per op from CUDA-graph replays) and relative error per candidate, for the forward and
+    the backward op; the other kernel keeps its pin."""
     from xlstm_core import norm_gate_triton as ng
 
     dy, h, x_skip, z, (weight, bias, skip) = _inputs(B, T, NH, DH)
-    op = lambda: ng._backward(dy, h, x_skip, z, weight, bias, skip, 1e-6)
-    pinned = (ng.BWD_BM, ng.BWD_WARPS)
-    reference = [t.clone() for t in op()]
-    rows, case = [], f"norm_gate_bwd:B{B}-T{T}-NH{NH}-DH{DH}"
-    for block, warps in CANDIDATES:
-        ng.BWD_BM, ng.BWD_WARPS = block, warps
-        err = max_rel_err(op(), reference)
-        ms = graph_ms(op)
-        rows.append(row("ours:triton", case, "bwd_time", round(ms, 4), "ms", BLOCK=block, num_warps=warps,
-                        rel_err_vs_pinned=round(err, 7), pinned=(block, warps) == pinned))
-    ng.BWD_BM, ng.BWD_WARPS = pinned
+    ops = {"fwd": lambda: [ng._forward(h, x_skip, z, weight, bias, skip, 1e-6)],
+           "bwd": lambda: ng._backward(dy, h, x_skip, z, weight, bias, skip, 1e-6)}
+    shape, pinned_table = f"B{B}-T{T}-NH{NH}-DH{DH}", ng.TILES
+    pinned = {case: ng._launch(case, DH) for case in ops}
+    rows = []
+    for case, op in ops.items():
+        reference = [t.clone() for t in op()]
+        for block, warps in CANDIDATES:
+            tiles = {c: (p["BLOCK"], p["num_warps"]) for c, p in pinned.items()} | {case: (block, warps)}
+            ng.TILES = ((1 << 30, tiles),)
+            err = max_rel_err(op(), reference)
+            ms = graph_ms(op)
+            rows.append(row("ours:triton", f"norm_gate_{case}:{shape}", f"{case}_time", round(ms, 4), "ms",
+                            BLOCK=block, num_warps=warps, rel_err_vs_pinned=round(err, 7),
+                            pinned=(block, warps) == (pinned[case]["BLOCK"], pinned[case]["num_warps"])))
+        ng.TILES = pinned_table
     return rows
 
 
@@ -56,13 +63,14 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
     rows = sweep(*args.shape)
-    print(f"{'BLOCK':>5s} {'warps':>5s} {'ms':>8s} {'err vs pin':>10s}")
-    for r in sorted(rows, key=lambda r: r["value"]):
+    print(f"{'op':>4s} {'BLOCK':>5s} {'warps':>5s} {'ms':>8s} {'err vs pin':>10s}")
+    for r in sorted(rows, key=lambda r: (r["metric"], r["value"])):
         mark = "  (pinned)" if r["pinned"] else ""
-        print(f"{r['BLOCK']:5d} {r['num_warps']:5d} {r['value']:8.4f} {r['rel_err_vs_pinned']:10.2e}{mark}")
+        print(f"{r['metric'][:3]:>4s} {r['BLOCK']:5d} {r['num_warps']:5d} {r['value']:8.4f} "
+              f"{r['rel_err_vs_pinned']:10.2e}{mark}")
     path = write_results(args.out, rows, note=(
-        "norm-skip-gate fused backward (xlstm_core/norm_gate_triton._backward: kernel + partial-sum reduction) at "
-        "ViL-T's layer shape, bf16; BLOCK tokens per program; memory floor ~0.09 ms."))
+        "norm-skip-gate chain ops (xlstm_core/norm_gate_triton._forward / _backward, the latter with its partial-sum "
+        "reduction), bf16; BLOCK tokens per program; backward memory floor ~0.09 ms at ViL-T's shape."))
     print(f"wrote {path}")
 
 

@@ -4,9 +4,10 @@
 
 Forward and backward each read their inputs once and write their outputs once (bf16 in, fp32 statistics and
 arithmetic, outputs in the inputs' dtypes); the PyTorch chain runs ~8 kernels forward and ~15 backward with fp32
-intermediates. One program takes BM (backward: BWD_BM) tokens of one image and one head (DH features); the
-backward recomputes the statistics from h instead of storing them, and writes per-program partial sums of the three
-per-feature parameter gradients, which one torch sum reduces.
+intermediates. One program takes a few tokens (TILES) of one image and one head, whose DH features it holds as two
+power-of-two parts (96 = 64 + 32) so that no lane works on padding; the backward recomputes the statistics from h
+instead of storing them, and writes per-program partial sums of the three per-feature parameter gradients, which one
+torch sum reduces.
 
 Every tensor is addressed through (batch, token, feature) strides, so the layer's views are read as they are: z, a
 chunk of the up-projection (token stride 2 * inner), and x_skip, which the depthwise grid conv leaves channel-major.
@@ -17,15 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
-# The forward's tokens per program (with 4 warps): 13 blocks cover ViL's 196 patches with 6% padding. (Compiled for
-# sm_90 at 32 tokens the backward needed 255 registers and spilled; at 16 it takes 128.)
-BM = 16
-# The backward's tokens per program and warps, from an H100 sweep of twelve configs at ViL-T's shape (batch 256, 4
-# heads of 96, bf16; benchmarks/norm_gate_tiles.py, GPU time from CUDA-graph replays): 0.204 ms against 0.250 at 16
-# tokens / 4 warps and 0.201 at 4 tokens / 1 warp (within the run-to-run spread); its memory floor is ~0.09 ms.
-# Re-swept in session 16 with z in the layer's layout (a slice of the 1,216-wide up-projection): 0.205 ms, against
-# 0.2025 at 4 tokens / 1 warp.
-BWD_BM, BWD_WARPS = 8, 2
+from kernels.mlstm.parallel_triton import head_parts
+
+# Tokens per program and warps of each kernel, by head width (the first bound at or above the two parts' sum), from
+# H100 sweeps at ViL-T/S/B's heads (96, 192, 384; batch 256/256/128, 196 tokens, bf16, z in the up-projection's
+# layout; `python -m benchmarks.norm_gate_tiles --shape ...`, session 20, benchmarks/results/norm_gate_parts_s20.json;
+# GPU time per op from CUDA-graph replays). A backward program holds ~1.5K features (16 x 96, 8 x 192, 4 x 384); wider
+# ones spill (16 x 384 took 2.4 ms). Against the kernels before, which padded a head to a power of two
+# (96 -> 128 lanes) and took one pin for all widths, forward / backward per op went 0.060 / 0.190 -> 0.059 / 0.161
+# (ViL-T), 0.135 / 0.506 -> 0.111 / 0.352 (ViL-S) and 0.152 / 0.972 -> 0.108 / 0.337 ms (ViL-B).
+TILES = ((128, {"fwd": (8, 2), "bwd": (16, 1)}), (256, {"fwd": (4, 2), "bwd": (8, 1)}),
+         (1 << 30, {"fwd": (4, 4), "bwd": (4, 1)}))
 
 
 @triton.jit
@@ -34,74 +37,112 @@ def _load(ptr, b, t, f, mask, s_b, s_t, s_f):
 
 
 @triton.jit
-def _normalise(h, mask, DH, eps):
-    """(h - mean) / sqrt(var + eps) over each row's DH valid features (masked entries stay 0)."""
-    mean = tl.sum(h, axis=1) / DH
-    centred = tl.where(mask, h - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / DH + eps)
-    return centred * rstd[:, None], rstd
-
-
-@triton.jit
-def _tile_coords(T, DH, BD: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's batch row, token block, tokens t, features f of its head, and the masks."""
+def _tile_coords(T, BLOCK: tl.constexpr):
+    """This program's batch row, token block, head and tokens t."""
     b, tb, hd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t = tb * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, BD)
-    mask_d = d < DH
-    return b, tb, t, hd * DH + d, mask_d, (t < T)[:, None] & mask_d[None, :]
+    return b, tb, hd, tb * BLOCK + tl.arange(0, BLOCK)
 
 
 @triton.jit
-def _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t, sx_b, sx_t, sx_f, sz_b, sz_t,
-              HAS_BIAS: tl.constexpr):
-    """The tile's normalised h and its rstd, x_skip, z, w, skip and the pre-gate value xhat w (+ bias) + skip x_skip,
-    in fp32: the forward's work, recomputed by the backward."""
-    xhat, rstd = _normalise(_load(H, b, t, f, mask, sh_b, sh_t, 1), mask, DH, eps)
+def _part(t, T, hd, DH, OFF: tl.constexpr, X: tl.constexpr):
+    """Features [OFF, OFF + X) of head hd (`kernels.mlstm.parallel_triton.head_parts`: 96 = 64 + 32, so no lane
+    works on padding), their mask and the tile's."""
+    d = OFF + tl.arange(0, X)
+    mask_d = d < DH
+    return hd * DH + d, mask_d, (t < T)[:, None] & mask_d[None, :]
+
+
+@triton.jit
+def _normalise(h1, h2, mask1, mask2, DH, eps):
+    """(h - mean) / sqrt(var + eps) over each row's DH valid features, held as two parts (masked entries stay 0)."""
+    mean = (tl.sum(h1, axis=1) + tl.sum(h2, axis=1)) / DH
+    c1 = tl.where(mask1, h1 - mean[:, None], 0.0)
+    c2 = tl.where(mask2, h2 - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt((tl.sum(c1 * c1, axis=1) + tl.sum(c2 * c2, axis=1)) / DH + eps)
+    return c1 * rstd[:, None], c2 * rstd[:, None], rstd
+
+
+@triton.jit
+def _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, sx_b, sx_t, sx_f, sz_b, sz_t, HAS_BIAS: tl.constexpr):
+    """One part's x_skip and z tiles and its w, skip and bias (0 without one) in fp32. The kernels load both parts'
+    inputs before either part stores: loads placed after a store stay after it (the pointers may alias), and with
+    part 2's loads behind part 1's stores the forward took 0.065 against 0.059 ms at ViL-T's shape."""
     xs = _load(XS, b, t, f, mask, sx_b, sx_t, sx_f)
     z = _load(Z, b, t, f, mask, sz_b, sz_t, 1)
     w = tl.load(W + f, mask=mask_d, other=0.0).to(tl.float32)
     skip = tl.load(SKIP + f, mask=mask_d, other=0.0).to(tl.float32)
-    pre = xhat * w[None, :] + skip[None, :] * xs
     if HAS_BIAS:
-        pre += tl.load(BIAS + f, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    return xhat, rstd, xs, z, w, skip, pre
+        bias = tl.load(BIAS + f, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros_like(w)
+    return xs, z, w, skip, bias
+
+
+@triton.jit
+def _pre_gate(xhat, xs, w, skip, bias):
+    """xhat w + bias + skip x_skip: the forward's value before the gate, recomputed by the backward."""
+    return xhat * w[None, :] + bias[None, :] + skip[None, :] * xs
 
 
 @triton.jit
 def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, sx_f, sz_b, sz_t, sy_b, sy_t,
-                HAS_BIAS: tl.constexpr, BD: tl.constexpr, BLOCK: tl.constexpr):
-    b, _, t, f, mask_d, mask = _tile_coords(T, DH, BD, BLOCK)
-    _, _, _, z, _, _, pre = _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t, sx_b, sx_t,
-                                      sx_f, sz_b, sz_t, HAS_BIAS)
-    y = pre * z * tl.sigmoid(z)
-    tl.store(Y + b * sy_b + t[:, None] * sy_t + f[None, :], y.to(Y.dtype.element_ty), mask=mask)
+                HAS_BIAS: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr, BLOCK: tl.constexpr):
+    b, _, hd, t = _tile_coords(T, BLOCK)
+    f1, mask_d1, mask1 = _part(t, T, hd, DH, 0, XA)
+    f2, mask_d2, mask2 = _part(t, T, hd, DH, XA, XB)
+    h1, h2 = _load(H, b, t, f1, mask1, sh_b, sh_t, 1), _load(H, b, t, f2, mask2, sh_b, sh_t, 1)
+    strides = (sx_b, sx_t, sx_f, sz_b, sz_t)
+    xs1, z1, w1, skip1, bias1 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f1, mask_d1, mask1, *strides, HAS_BIAS)
+    xs2, z2, w2, skip2, bias2 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f2, mask_d2, mask2, *strides, HAS_BIAS)
+    xhat1, xhat2, _ = _normalise(h1, h2, mask1, mask2, DH, eps)
+    y = Y + b * sy_b + t[:, None] * sy_t
+    y1 = _pre_gate(xhat1, xs1, w1, skip1, bias1) * z1 * tl.sigmoid(z1)
+    y2 = _pre_gate(xhat2, xs2, w2, skip2, bias2) * z2 * tl.sigmoid(z2)
+    tl.store(y + f1[None, :], y1.to(Y.dtype.element_ty), mask=mask1)
+    tl.store(y + f2[None, :], y2.to(Y.dtype.element_ty), mask=mask2)
+
+
+@triton.jit
+def _bwd_gate(xhat, xs, z, w, skip, bias, dy, DXS, DZ, PART, b, t, f, mask_d, mask, out, part, rows, sdz_b, sdz_t):
+    """One part's gradients through the gate and the skip (dz and d x_skip stored, the parameter partial sums too);
+    returns d xhat."""
+    sig = tl.sigmoid(z)
+    dpre = dy * z * sig
+    dz = dy * _pre_gate(xhat, xs, w, skip, bias) * sig * (1.0 + z * (1.0 - sig))
+    tl.store(DZ + b * sdz_b + t[:, None] * sdz_t + f[None, :], dz.to(DZ.dtype.element_ty), mask=mask)
+    tl.store(DXS + out + f[None, :], (dpre * skip[None, :]).to(DXS.dtype.element_ty), mask=mask)
+    tl.store(PART + part + f, tl.sum(dpre * xhat, axis=0), mask=mask_d)
+    tl.store(PART + part + rows + f, tl.sum(dpre * xs, axis=0), mask=mask_d)
+    tl.store(PART + part + 2 * rows + f, tl.sum(dpre, axis=0), mask=mask_d)
+    return dpre * w[None, :]
 
 
 @triton.jit
 def _bwd_kernel(DY, H, XS, Z, W, BIAS, SKIP, DH_OUT, DXS, DZ, PART, T, DH, INNER, eps, sdy_b, sdy_t, sh_b, sh_t,
-                sx_b, sx_t, sx_f, sz_b, sz_t, sdz_b, sdz_t, HAS_BIAS: tl.constexpr, BD: tl.constexpr,
-                BLOCK: tl.constexpr):
-    b, tb, t, f, mask_d, mask = _tile_coords(T, DH, BD, BLOCK)
-    xhat, rstd, xs, z, w, skip, pre = _pre_gate(H, XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, DH, eps, sh_b, sh_t,
-                                                sx_b, sx_t, sx_f, sz_b, sz_t, HAS_BIAS)
-    dy = _load(DY, b, t, f, mask, sdy_b, sdy_t, 1)
-    sig = tl.sigmoid(z)
-    dpre = dy * z * sig
-    dz = dy * pre * sig * (1.0 + z * (1.0 - sig))
-    dxhat = dpre * w[None, :]
-    mean_dxhat = tl.sum(dxhat, axis=1) / DH
-    mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / DH
-    dh = rstd[:, None] * (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None])
-    out = b * T * INNER + t[:, None] * INNER + f[None, :]  # dh and d x_skip are stored (B, T, inner)
-    tl.store(DH_OUT + out, dh.to(DH_OUT.dtype.element_ty), mask=mask)
-    tl.store(DXS + out, (dpre * skip[None, :]).to(DXS.dtype.element_ty), mask=mask)
-    tl.store(DZ + b * sdz_b + t[:, None] * sdz_t + f[None, :], dz.to(DZ.dtype.element_ty), mask=mask)
-    part = PART + (b * tl.num_programs(1) + tb) * INNER + f  # (3, B * token blocks, inner): w, skip, bias
+                sx_b, sx_t, sx_f, sz_b, sz_t, sdz_b, sdz_t, HAS_BIAS: tl.constexpr, XA: tl.constexpr,
+                XB: tl.constexpr, BLOCK: tl.constexpr):
+    b, tb, hd, t = _tile_coords(T, BLOCK)
+    f1, mask_d1, mask1 = _part(t, T, hd, DH, 0, XA)
+    f2, mask_d2, mask2 = _part(t, T, hd, DH, XA, XB)
+    h1, h2 = _load(H, b, t, f1, mask1, sh_b, sh_t, 1), _load(H, b, t, f2, mask2, sh_b, sh_t, 1)
+    strides = (sx_b, sx_t, sx_f, sz_b, sz_t)
+    xs1, z1, w1, skip1, bias1 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f1, mask_d1, mask1, *strides, HAS_BIAS)
+    xs2, z2, w2, skip2, bias2 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f2, mask_d2, mask2, *strides, HAS_BIAS)
+    dy1, dy2 = _load(DY, b, t, f1, mask1, sdy_b, sdy_t, 1), _load(DY, b, t, f2, mask2, sdy_b, sdy_t, 1)
+    xhat1, xhat2, rstd = _normalise(h1, h2, mask1, mask2, DH, eps)
+    out = b * T * INNER + t[:, None] * INNER  # dh and d x_skip are stored (B, T, inner)
+    part = (b * tl.num_programs(1) + tb) * INNER  # (3, B * token blocks, inner): w, skip, bias
     rows = tl.num_programs(0) * tl.num_programs(1) * INNER
-    tl.store(part, tl.sum(dpre * xhat, axis=0), mask=mask_d)
-    tl.store(part + rows, tl.sum(dpre * xs, axis=0), mask=mask_d)
-    tl.store(part + 2 * rows, tl.sum(dpre, axis=0), mask=mask_d)
+    dxhat1 = _bwd_gate(xhat1, xs1, z1, w1, skip1, bias1, dy1, DXS, DZ, PART, b, t, f1, mask_d1, mask1, out, part,
+                       rows, sdz_b, sdz_t)
+    dxhat2 = _bwd_gate(xhat2, xs2, z2, w2, skip2, bias2, dy2, DXS, DZ, PART, b, t, f2, mask_d2, mask2, out, part,
+                       rows, sdz_b, sdz_t)
+    mean_dxhat = (tl.sum(dxhat1, axis=1) + tl.sum(dxhat2, axis=1)) / DH
+    mean_dxhat_xhat = (tl.sum(dxhat1 * xhat1, axis=1) + tl.sum(dxhat2 * xhat2, axis=1)) / DH
+    dh1 = rstd[:, None] * (dxhat1 - mean_dxhat[:, None] - xhat1 * mean_dxhat_xhat[:, None])
+    dh2 = rstd[:, None] * (dxhat2 - mean_dxhat[:, None] - xhat2 * mean_dxhat_xhat[:, None])
+    tl.store(DH_OUT + out + f1[None, :], dh1.to(DH_OUT.dtype.element_ty), mask=mask1)
+    tl.store(DH_OUT + out + f2[None, :], dh2.to(DH_OUT.dtype.element_ty), mask=mask2)
 
 
 def _grid(h: torch.Tensor, block: int) -> tuple[int, int, int]:
@@ -109,8 +150,11 @@ def _grid(h: torch.Tensor, block: int) -> tuple[int, int, int]:
     return B, triton.cdiv(T, block), NH
 
 
-def _bd(dh: int) -> int:
-    return max(16, triton.next_power_of_2(dh))
+def _launch(case: str, dh: int) -> dict[str, int]:
+    """Kernel arguments of a launch: the head's two feature parts (XA, XB), tokens per program and warps."""
+    xa, xb = head_parts(dh, dh)
+    block, warps = next(tiles[case] for bound, tiles in TILES if xa + xb <= bound)
+    return dict(XA=xa, XB=xb, BLOCK=block, num_warps=warps)
 
 
 @torch.library.custom_op("xlstm_kit::norm_skip_gate_fwd", mutates_args=())
@@ -119,9 +163,10 @@ def _forward(h: torch.Tensor, x_skip: torch.Tensor, z: torch.Tensor, weight: tor
     """y (B, T, NH * DH) in h's dtype. Not exported: `norm_skip_gate_triton` is the entry point."""
     B, T, NH, DH = h.shape
     y = h.new_empty(B, T, NH * DH)
-    _fwd_kernel[_grid(h, BM)](h, x_skip, z, weight, bias, skip, y, T, DH, eps, h.stride(0), h.stride(1),
-                              *x_skip.stride(), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
-                              HAS_BIAS=bias is not None, BD=_bd(DH), BLOCK=BM, num_warps=4)
+    launch = _launch("fwd", DH)
+    _fwd_kernel[_grid(h, launch["BLOCK"])](h, x_skip, z, weight, bias, skip, y, T, DH, eps, h.stride(0), h.stride(1),
+                                           *x_skip.stride(), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
+                                           HAS_BIAS=bias is not None, **launch)
     return y
 
 
@@ -140,14 +185,14 @@ def backward_into(dy: torch.Tensor, h: torch.Tensor, x_skip: torch.Tensor, z: to
     B, T, NH, DH = h.shape
     if dy.stride(-1) != 1:
         dy = dy.contiguous()
-    grid = _grid(h, BWD_BM)
+    launch = _launch("bwd", DH)
+    grid = _grid(h, launch["BLOCK"])
     dh = torch.empty_like(h, memory_format=torch.contiguous_format)
     dxs = x_skip.new_empty(B, T, NH * DH)
     part = h.new_empty(3, B * grid[1], NH * DH, dtype=torch.float32)
     _bwd_kernel[grid](dy, h, x_skip, z, weight, bias, skip, dh, dxs, dz, part, T, DH, NH * DH, eps, dy.stride(0),
                       dy.stride(1), h.stride(0), h.stride(1), *x_skip.stride(), z.stride(0), z.stride(1),
-                      dz.stride(0), dz.stride(1), HAS_BIAS=bias is not None, BD=_bd(DH), BLOCK=BWD_BM,
-                      num_warps=BWD_WARPS)
+                      dz.stride(0), dz.stride(1), HAS_BIAS=bias is not None, **launch)
     return dh, dxs, part.sum(1)
 
 

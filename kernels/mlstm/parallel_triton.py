@@ -28,7 +28,7 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 
 # Heads of at most SMALL_HEAD features (INTERPRETER_SMALL_HEAD under the interpreter) take the whole-head kernels:
 # each program loads its own rows once and keeps them on chip, and a head is held as two power-of-two column parts
-# (`_head_parts`: 96 = 64 + 32), so no product runs over padding columns. Their row tiles are aligned to the
+# (`head_parts`: 96 = 64 + 32), so no product runs over padding columns. Their row tiles are aligned to the
 # sequence's end, so that a partial tile (196 = 3 * 64 + 4) is the first one, whose causal loop is shortest.
 # Wider heads take the sliced kernels, which walk the head dims in slices and output columns in blocks.
 # WHOLE_HEAD_TILES: (rows, columns, warps, stages) per launch, from `python -m benchmarks.mlstm_parallel_tiles` at
@@ -60,7 +60,7 @@ def whole_head(dk: int, dv: int) -> bool:
     return max(dk, dv) <= limit
 
 
-def _head_parts(dk: int, dv: int) -> tuple[int, int]:
+def head_parts(dk: int, dv: int) -> tuple[int, int]:
     """Widths (a, b) of the two column parts [0, a) and [a, a + b) that hold a whole head: 96 -> (64, 32),
     128 -> (64, 64); each at least 16, the least tl.dot takes."""
     width = max(dk, dv)
@@ -494,7 +494,7 @@ def _launch_forward(q, k, v, gates, sig: bool, normalize: bool, eps: float):
     common = dict(SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype))
     if whole_head(DK, DV):
         br, bj, warps, stages = _whole_head_tiles("fwd")
-        xa, xb = _head_parts(DK, DV)
+        xa, xb = head_parts(DK, DV)
         _fwd_head_kernel[(triton.cdiv(S, br), B * NH)](
             q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *strides, DK**-0.5, eps, **common, BR=br, BJ=bj,
             XA=xa, XB=xb, num_warps=warps, num_stages=stages)
@@ -519,7 +519,7 @@ def _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv) -> tuple[t
     dkdv_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(dh), *_strides(dk), *_strides(dv))
     precision = _precision(q.dtype)
     if whole_head(DK, DV):
-        xa, xb = _head_parts(DK, DV)
+        xa, xb = head_parts(DK, DV)
         qdq, kdk = (torch.empty(B, NH, S, device=q.device, dtype=torch.float32) for _ in range(2))
         br, bj, warps, stages = _whole_head_tiles("dq")
         _dq_head_kernel[(triton.cdiv(S, br), B * NH)](

@@ -89,9 +89,9 @@ def test_gpu_tiles_follow_the_head_width(monkeypatch):
     monkeypatch.setattr(pt, "TILES", {case: (128, 64, 64, 32, 8, 1) for case in pt.TILES})
     assert pt.whole_head(96, 96) and pt.whole_head(64, 128) and not pt.whole_head(192, 192)
     assert pt._whole_head_tiles("dq") == (16, 32, 2, 3)
-    assert [pt._head_parts(d, d) for d in (96, 128, 64, 48, 80, 100, 24, 8)] == [
+    assert [pt.head_parts(d, d) for d in (96, 128, 64, 48, 80, 100, 24, 8)] == [
         (64, 32), (64, 64), (32, 32), (32, 16), (64, 16), (64, 64), (16, 16), (16, 16)]
-    assert pt._head_parts(64, 128) == (64, 64)
+    assert pt.head_parts(64, 128) == (64, 64)
     assert pt._sliced_tiles("fwd", 192, 192) == (128, 64, 64, 32, 8, 1)
 
 
