@@ -49,7 +49,7 @@ def check(leaves, dtype, factor=1.0):
 
 
 @pytest.mark.parametrize("B,T,NH,DH,bias,dtype", [
-    (2, 37, 3, 24, True, torch.float32),   # tokens over three blocks of 16, a head dim below its power of two
+    (2, 37, 3, 24, True, torch.float32),   # tokens over 3 backward blocks of 16, a head dim below its power of two
     (1, 1, 4, 16, False, torch.float32),   # one token (decoding)
     (1, 40, 2, 96, False, torch.float16),  # ViL-T's head dim: feature parts 64 + 32
     (1, 9, 2, 192, True, torch.float32),   # ViL-S's: parts 128 + 64, the second row of the tile table
