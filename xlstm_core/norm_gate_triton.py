@@ -23,12 +23,14 @@ from kernels.mlstm.parallel_triton import head_parts
 # Tokens per program and warps of each kernel, by head width (the first bound at or above the two parts' sum), from
 # H100 sweeps at ViL-T/S/B's heads (96, 192, 384; batch 256/256/128, 196 tokens, bf16, z in the up-projection's
 # layout; `python -m benchmarks.norm_gate_tiles --shape ...`, session 20, benchmarks/results/norm_gate_parts_s20.json;
-# GPU time per op from CUDA-graph replays). A backward program holds ~1.5K features (16 x 96, 8 x 192, 4 x 384); wider
-# ones spill (16 x 384 took 2.4 ms). Against the kernels before, which padded a head to a power of two
-# (96 -> 128 lanes) and took one pin for all widths, forward / backward per op went 0.060 / 0.190 -> 0.059 / 0.161
-# (ViL-T), 0.135 / 0.506 -> 0.111 / 0.352 (ViL-S) and 0.152 / 0.972 -> 0.108 / 0.337 ms (ViL-B).
-TILES = ((128, {"fwd": (8, 2), "bwd": (16, 1)}), (256, {"fwd": (4, 2), "bwd": (8, 1)}),
-         (1 << 30, {"fwd": (4, 4), "bwd": (4, 1)}))
+# GPU time per op from CUDA-graph replays). A backward program (one warp) holds ~1.5K features (16 x 96, 8 x 192,
+# 4 x 384); wider ones spill (16 x 384 took 2.4 ms). Widths between and beyond those three were not swept: they take
+# the next row, i.e. at most that many features per warp (the last row extends the rule to 2 x 768). Against the
+# kernels before, which padded a head to a power of two (96 -> 128 lanes) and took one pin for all widths, forward /
+# backward per op went 0.060 / 0.190 -> 0.059 / 0.161 (ViL-T), 0.135 / 0.506 -> 0.111 / 0.352 (ViL-S) and 0.152 /
+# 0.972 -> 0.108 / 0.337 ms (ViL-B).
+TILES = ((96, {"fwd": (8, 2), "bwd": (16, 1)}), (192, {"fwd": (4, 2), "bwd": (8, 1)}),
+         (384, {"fwd": (4, 4), "bwd": (4, 1)}), (1 << 30, {"fwd": (4, 4), "bwd": (2, 1)}))
 
 
 @triton.jit

@@ -53,7 +53,8 @@ def check(leaves, dtype, factor=1.0):
     (1, 1, 4, 16, False, torch.float32),   # one token (decoding)
     (1, 40, 2, 96, False, torch.float16),  # ViL-T's head dim: feature parts 64 + 32
     (1, 9, 2, 192, True, torch.float32),   # ViL-S's: parts 128 + 64, the second row of the tile table
-    (1, 5, 1, 384, False, torch.float16),  # ViL-B's: parts 256 + 128, the last row
+    (1, 5, 1, 384, False, torch.float16),  # ViL-B's: parts 256 + 128, the third row
+    (1, 3, 1, 512, True, torch.float32),   # an xLSTM-7B head: parts 256 + 256, the last row
 ])
 def test_matches_reference(B, T, NH, DH, bias, dtype):
     check(make_leaves(B, T, NH, DH, bias=bias, dtype=dtype, seed=T), dtype)
