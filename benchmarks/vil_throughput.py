@@ -3,9 +3,12 @@
     python benchmarks/vil_throughput.py                 # GPU: 224^2 bf16, ViL-T/S/B (triton, torch) vs DeiT-T/S/B,
                                                         # plus 1024^2 batch 8; writes benchmarks/results/vil_throughput.json
     python benchmarks/vil_throughput.py --quick         # CPU smoke run at 64^2 (a few seconds per model)
-    python benchmarks/vil_throughput.py --compile       # also ViL-T and DeiT-T under torch.compile (same run)
+    python benchmarks/vil_throughput.py --compile       # also each size's ViL and DeiT under torch.compile (same run)
     python benchmarks/vil_throughput.py --compile --compile-modes default reduce-overhead   # and with CUDA graphs
     python benchmarks/vil_throughput.py --sizes tiny --no-eager --no-hires --compile   # the compiled rows only
+    python benchmarks/vil_throughput.py --sizes small base --backends triton --no-eager --no-hires --compile \
+        --compile-modes reduce-overhead                 # ViL-S / ViL-B with CUDA graphs: their eager steps are
+                                                        # bound by host launches, which vary from machine to machine
     python benchmarks/vil_throughput.py --profile       # only print the top-25 GPU kernels of a ViL-T train and
                                                         # inference step (torch.profiler)
     python benchmarks/vil_throughput.py --chain         # also time ViL-T's norm + skip + SiLU(z) chain for one block:
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                     "outputs/vision/vil_throughput_quick.json with --quick)")
     parser.add_argument("--backends", nargs="+", default=["triton", "torch"], choices=["triton", "torch"])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
-    parser.add_argument("--compile", action="store_true", help="also measure ViL-T and DeiT-T under torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure ViL and DeiT of each --sizes under torch.compile")
     parser.add_argument("--compile-modes", nargs="+", default=["default"],
                         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                         help="torch.compile modes for --compile (reduce-overhead adds CUDA graphs; "
@@ -275,12 +279,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 _run(rows, save, f"ours:{backend}", "norm-gate chain 1 block bs256" + " compiled" * compiled,
                      lambda b=backend, c=compiled: chain_timing(device, b, c), model="vil_tiny", batch=256,
                      dtype="bf16", backend=backend, compiled=compiled)
-    for mode in args.compile_modes if args.compile and "tiny" in sizes else ():  # last: compile times vary
-        batch = batches["tiny"]
-        case = f"tiny {img}px bs{batch} compiled" + ("" if mode == "default" else f" {mode}")
+    compiled_runs = [(size, mode) for size in sizes for mode in args.compile_modes] if args.compile else []
+    for size, mode in compiled_runs:  # last: compile times vary
+        batch = batches[size]
+        case = f"{size} {img}px bs{batch} compiled" + ("" if mode == "default" else f" {mode}")
         # the default form ("auto"): the fused Triton parallel kernel, or inductor's parallel form on PyTorch
-        variants = [(f"ours:{backend}", "vil_tiny_patch16_224", {"backend": backend}) for backend in backends]
-        variants.insert(1, ("timm:deit_tiny_patch16_224", "deit_tiny_patch16_224", {}))
+        variants = [(f"ours:{backend}", f"vil_{size}_patch16_224", {"backend": backend}) for backend in backends]
+        variants.insert(1, (f"timm:deit_{size}_patch16_224", f"deit_{size}_patch16_224", {}))
         for impl, name, kwargs in variants:
             _run(rows, save, impl, case, lambda: measure(name, kwargs, img, batch, device, warmup, iters,
                                                         compile=True, compile_mode=mode),
