@@ -24,8 +24,9 @@ from kernels.mlstm.packed_layout import unpack
 # 1.5-4x slower than 4 warps in the session-13 sweep.
 CANDIDATES = [(br, bj, 8 if br == 128 else 4, stages)
               for br, bj, stages in itertools.product((32, 64, 128), (16, 32, 64), (1, 2, 3, 4))]
-# Sliced kernels (heads wider than parallel_triton.SMALL_HEAD: ViL-S and ViL-B): (rows, columns, head-dim slice,
-# output columns, warps, stages); the slices of 128 as pinned since the first sweep, rows / columns / stages varied.
+# Sliced kernels (heads wider than parallel_triton.SMALL_HEAD, 384; ViL-S and ViL-B took them before session 21):
+# (rows, columns, head-dim slice, output columns, warps, stages); the slices of 128 as pinned since the first sweep,
+# rows / columns / stages varied.
 SLICED_CANDIDATES = [(br, bj, 128, 128, 4, stages)
                      for br, bj, stages in itertools.product((32, 64), (32, 64), (1, 2, 3))]
 
@@ -57,7 +58,7 @@ def sweep(B: int, NH: int, S: int, D: int) -> list[dict]:
            "dkdv": (backward, lambda outs: [outs[0][..., inner : 2 * inner], outs[1][..., :inner]])}
     shape = f"B{B}-NH{NH}-S{S}-D{D}"
     whole = pt.whole_head(D, D)
-    table, candidates = (pt.WHOLE_HEAD_TILES, CANDIDATES) if whole else (pt.TILES, SLICED_CANDIDATES)
+    table, candidates = (pt.whole_head_row(D), CANDIDATES) if whole else (pt.TILES, SLICED_CANDIDATES)
     rows, pinned = [], dict(table)
     for case, (op, pick) in ops.items():
         reference = [t.clone() for t in pick(op())]

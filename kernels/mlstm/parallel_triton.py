@@ -28,23 +28,31 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 
 # Heads of at most SMALL_HEAD features (INTERPRETER_SMALL_HEAD under the interpreter) take the whole-head kernels:
 # each program loads its own rows once and keeps them on chip, and a head is held as two power-of-two column parts
-# (`head_parts`: 96 = 64 + 32), so no product runs over padding columns. Their row tiles are aligned to the
-# sequence's end, so that a partial tile (196 = 3 * 64 + 4) is the first one, whose causal loop is shortest.
+# (`head_parts`: 96 = 64 + 32, 192 = 128 + 64), so no product runs over padding columns. Their row tiles are aligned
+# to the sequence's end, so that a partial tile (196 = 3 * 64 + 4) is the first one, whose causal loop is shortest.
 # Wider heads take the sliced kernels, which walk the head dims in slices and output columns in blocks.
-# WHOLE_HEAD_TILES: (rows, columns, warps, stages) per launch, from `python -m benchmarks.mlstm_parallel_tiles` at
-# ViL-T's shape (H100, bf16, B=256, NH=4, S=196, DH=96; results/mlstm_parallel_tiles.json, GPU time per op from
-# CUDA-graph replays: the forward's 3 pipeline stages take 0.092 against 0.111 ms for 2). Re-swept in session 16 on
-# the packed ops with the layer's GEMM-output strides: every pin within 1% of the fastest of 36 configs.
+# WHOLE_HEAD_TILES: (rows, columns, warps, stages) per launch, by head width (the first bound at or above it), from
+# `python -m benchmarks.mlstm_parallel_tiles` (H100, bf16, NH=4, S=196, GPU time per op from CUDA-graph replays):
+# - up to 128 at ViL-T's heads (B=256, DH=96; results/mlstm_parallel_tiles.json): the forward's 3 pipeline stages
+#   take 0.092 against 0.111 ms for 2; re-swept in session 16 on the packed ops with the layer's GEMM-output
+#   strides, every pin within 1% of the fastest of 36 configs;
+# - up to 192 and 384 at ViL-S's and ViL-B's (B=256, DH=192: 48 configs; B=128, DH=384: 64 configs; session 21,
+#   results/mlstm_parallel_tiles_s21.json). Forward / backward per op: 0.172 / 0.625 ms at 192 and 0.195 / 0.705 at
+#   384, against 0.371 / 1.252 and 0.331 / 1.207 for the sliced kernels, which these heads took before.
+# Widths between take the next row, whose parts are at least as wide (256 = 128 + 128 takes 384's tiles), so no
+# program holds more than a swept one.
 # TILES: (rows, columns, head-dim slice, output columns, warps, stages) of the sliced kernels, from the same sweep at
 # ViL-S's and ViL-B's heads (DH=192 and 384; results/mlstm_parallel_tiles_sliced.json): pipeline stages took the
 # forward op from 0.42 to 0.36 ms and the backward op (dq's tiles) from 1.53 to 1.31 ms at DH=192.
 # The interpreter runs small tiles, so that the CPU tests cover several row tiles, both kernel families and the
 # tiling of the head dims.
-WHOLE_HEAD_TILES = {"fwd": (64, 16, 4, 3), "dq": (64, 16, 4, 4), "dkdv": (32, 64, 4, 1)}
+WHOLE_HEAD_TILES = ((128, {"fwd": (64, 16, 4, 3), "dq": (64, 16, 4, 4), "dkdv": (32, 64, 4, 1)}),
+                    (192, {"fwd": (64, 32, 4, 3), "dq": (64, 32, 4, 3), "dkdv": (32, 32, 4, 2)}),
+                    (384, {"fwd": (64, 16, 4, 2), "dq": (32, 32, 4, 2), "dkdv": (32, 16, 4, 2)}))
 TILES = {"fwd": (64, 64, 128, 128, 4, 3), "dq": (64, 64, 128, 128, 4, 3), "dkdv": (32, 64, 128, 128, 4, 2)}
 INTERPRETER_WHOLE_HEAD_TILES = (32, 16, 1, 1)
 INTERPRETER_TILES = (32, 16, 32, 32, 1, 1)
-SMALL_HEAD = 128
+SMALL_HEAD = WHOLE_HEAD_TILES[-1][0]
 INTERPRETER_SMALL_HEAD = 64
 
 
@@ -68,8 +76,13 @@ def head_parts(dk: int, dv: int) -> tuple[int, int]:
     return a, pow2_block(width - a) if width > a else 16
 
 
-def _whole_head_tiles(case: str) -> tuple[int, int, int, int]:
-    return INTERPRETER_WHOLE_HEAD_TILES if interpreter_enabled() else WHOLE_HEAD_TILES[case]
+def whole_head_row(width: int) -> dict[str, tuple[int, int, int, int]]:
+    """The WHOLE_HEAD_TILES row (tiles per launch case) of heads `width` features wide."""
+    return next(tiles for bound, tiles in WHOLE_HEAD_TILES if width <= bound)
+
+
+def _whole_head_tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int]:
+    return INTERPRETER_WHOLE_HEAD_TILES if interpreter_enabled() else whole_head_row(max(dk, dv))[case]
 
 
 def _sliced_tiles(case: str, dk: int, dv: int) -> tuple[int, int, int, int, int, int]:
@@ -493,7 +506,7 @@ def _launch_forward(q, k, v, gates, sig: bool, normalize: bool, eps: float):
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(h))
     common = dict(SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype))
     if whole_head(DK, DV):
-        br, bj, warps, stages = _whole_head_tiles("fwd")
+        br, bj, warps, stages = _whole_head_tiles("fwd", DK, DV)
         xa, xb = head_parts(DK, DV)
         _fwd_head_kernel[(triton.cdiv(S, br), B * NH)](
             q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *strides, DK**-0.5, eps, **common, BR=br, BJ=bj,
@@ -521,11 +534,11 @@ def _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv) -> tuple[t
     if whole_head(DK, DV):
         xa, xb = head_parts(DK, DV)
         qdq, kdk = (torch.empty(B, NH, S, device=q.device, dtype=torch.float32) for _ in range(2))
-        br, bj, warps, stages = _whole_head_tiles("dq")
+        br, bj, warps, stages = _whole_head_tiles("dq", DK, DV)
         _dq_head_kernel[(triton.cdiv(S, br), B * NH)](
             *dq_args, qdq, S, NH, DK, DV, *dq_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, XA=xa, XB=xb,
             num_warps=warps, num_stages=stages)
-        br, bj, warps, stages = _whole_head_tiles("dkdv")
+        br, bj, warps, stages = _whole_head_tiles("dkdv", DK, DV)
         _dkdv_head_kernel[(triton.cdiv(S, bj), B * NH)](
             *dkdv_args, kdk, S, NH, DK, DV, *dkdv_strides, DK**-0.5, PRECISION=precision, BR=br, BJ=bj, XA=xa,
             XB=xb, num_warps=warps, num_stages=stages)
@@ -627,16 +640,17 @@ def _(qk, v, num_heads, dk, dv, sig, normalize, eps):
 def packed_backward_into(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h: torch.Tensor, g: torch.Tensor,
                          mx: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, num_heads: int, dk: int,
                          dv: int, sig: bool, d_qk: torch.Tensor, d_v: torch.Tensor) -> None:
-    """`_packed_backward` into given gradients of qk's and v's shapes: d_qk dense, d_v with any row stride whose
-    batch stride is S rows (a column slice of a wider (B, S, W) tensor, e.g. the up-projection's gradient)."""
+    """`_packed_backward` into given gradients: d_qk dense of qk's shape; d_v with any row stride whose batch stride
+    is S rows (a column slice of a wider (B, S, W) tensor, e.g. the up-projection's gradient) and at least v's
+    width: its columns after the gate shares are zeroed up to its own width (e.g. the up-projection's padding)."""
     B, S = qk.shape[:2]
     q, k, vv, _ = unpack(qk, v, num_heads, dk, dv)
     dq, dkk, dvv, _ = unpack(d_qk, d_v, num_heads, dk, dv)
     heads = lambda x: x.unflatten(-1, (num_heads, dv)).transpose(1, 2)
     qdq, kdk = _launch_backward(heads(dh), q, k, vv, heads(h), g, mx, alpha, gamma, dq, dkk, dvv)
-    pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), v.shape[-1] - num_heads * (dv + 2))
+    pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), d_v.shape[-1] - num_heads * (dv + 2))
     _packed_gate_grad_kernel[(B,)](
-        qdq, kdk, qk, v, d_qk, d_v, S, num_heads, qk.shape[-1], v.shape[-1], 2 * num_heads * dk, num_heads * dv,
+        qdq, kdk, qk, v, d_qk, d_v, S, num_heads, qk.shape[-1], d_v.shape[-1], 2 * num_heads * dk, num_heads * dv,
         qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), d_qk.stride(1), d_v.stride(1), SIG=sig,
         BS=pow2_block(S), BH=pow2_block(num_heads, low=1), BP=pow2_block(pad, low=1))
 

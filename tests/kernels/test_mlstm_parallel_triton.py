@@ -77,22 +77,38 @@ def test_extreme_gates(variant):
     check(leaves, variant, torch.float32)
 
 
+@pytest.mark.parametrize("D,variant", [(192, "exp"), (384, "sig")])
+def test_whole_head_kernels_at_vil_s_and_b_heads(monkeypatch, D, variant):
+    """On the GPU heads up to SMALL_HEAD take the whole-head kernels, ViL-S's as parts 128 + 64 and ViL-B's as
+    256 + 128; here under the interpreter with its whole-head limit raised to SMALL_HEAD."""
+    import importlib
+
+    pt = importlib.import_module("kernels.mlstm.parallel_triton")
+    monkeypatch.setattr(pt, "INTERPRETER_SMALL_HEAD", pt.SMALL_HEAD)
+    assert pt.whole_head(D, D)
+    check(make_inputs(1, 1, 40, D, D, seed=D), variant, torch.float32)
+
+
 def test_gpu_tiles_follow_the_head_width(monkeypatch):
     """On the GPU, heads up to SMALL_HEAD features take the whole-head kernels, held as two power-of-two column parts
-    that cover the head without padding where they can (96 = 64 + 32); wider heads the sliced pins with their own
-    head-dim slices (a mix-up would only show as a slow or failing GPU run)."""
+    that cover the head without padding where they can (96 = 64 + 32), with the tiles of their width's row; wider
+    heads the sliced pins with their own head-dim slices (a mix-up would only show as a slow or failing GPU run)."""
     import importlib
 
     pt = importlib.import_module("kernels.mlstm.parallel_triton")
     monkeypatch.setattr(pt, "interpreter_enabled", lambda: False)
-    monkeypatch.setattr(pt, "WHOLE_HEAD_TILES", {case: (16, 32, 2, 3) for case in pt.TILES})
+    monkeypatch.setattr(pt, "WHOLE_HEAD_TILES", ((128, {case: (16, 32, 2, 3) for case in pt.TILES}),
+                                                 (256, {case: (32, 16, 4, 2) for case in pt.TILES})))
+    monkeypatch.setattr(pt, "SMALL_HEAD", 256)
     monkeypatch.setattr(pt, "TILES", {case: (128, 64, 64, 32, 8, 1) for case in pt.TILES})
-    assert pt.whole_head(96, 96) and pt.whole_head(64, 128) and not pt.whole_head(192, 192)
-    assert pt._whole_head_tiles("dq") == (16, 32, 2, 3)
+    assert pt.whole_head(96, 96) and pt.whole_head(64, 128) and pt.whole_head(192, 192)
+    assert not pt.whole_head(384, 384) and not pt.whole_head(64, 384)
+    assert pt._whole_head_tiles("dq", 96, 96) == pt._whole_head_tiles("dq", 64, 128) == (16, 32, 2, 3)
+    assert pt._whole_head_tiles("dkdv", 192, 192) == pt._whole_head_tiles("dkdv", 130, 64) == (32, 16, 4, 2)
     assert [pt.head_parts(d, d) for d in (96, 128, 64, 48, 80, 100, 24, 8)] == [
         (64, 32), (64, 64), (32, 32), (32, 16), (64, 16), (64, 64), (16, 16), (16, 16)]
-    assert pt.head_parts(64, 128) == (64, 64)
-    assert pt._sliced_tiles("fwd", 192, 192) == (128, 64, 64, 32, 8, 1)
+    assert pt.head_parts(64, 128) == (64, 64) and pt.head_parts(192, 192) == (128, 64)
+    assert pt._sliced_tiles("fwd", 384, 384) == (128, 64, 64, 32, 8, 1)
 
 
 def test_misaligned_views_are_copied_to_vector_aligned_storage():
@@ -131,9 +147,10 @@ def test_states_and_long_sequences_leave_the_fused_kernel():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("DH", [96, 192, 384])
+@pytest.mark.parametrize("DH", [96, 192, 384, 512])
 def test_gpu_bf16_vil_shapes(DH):
-    """ViL-T/S/B head dims at 196 patches, bf16, against the fp32 reference."""
+    """ViL-T/S/B head dims at 196 patches (the whole-head kernels, a row of their tile table each), and a head over
+    SMALL_HEAD (the sliced kernels), bf16, against the fp32 reference."""
     check(make_inputs(4, 4, 196, DH, DH, dtype=torch.bfloat16, device="cuda", seed=DH), "exp", torch.bfloat16,
           atol=1e-4)
 

@@ -94,7 +94,8 @@ def test_mixer_without_norm_bias():
 
 
 def test_mixer_with_heads_wider_than_the_whole_head_kernels():
-    """ViL-S / ViL-B heads (192 / 384) take the cell's sliced kernels; under the interpreter heads over 64 do."""
+    """Heads wider than the cell's whole-head kernels take (over 384 features on a GPU, over 64 under the
+    interpreter) run its sliced kernels."""
     check(1, (3, 4), 1, 80, "sig")
 
 
@@ -125,9 +126,9 @@ def separate_ops(t, grid, num_heads, v_width, variant):
 @pytest.mark.parametrize("variant", ["exp", "sig"])
 @pytest.mark.parametrize("head_dim, batch", [(96, 32), (192, 16), (384, 8)])
 def test_gpu_mixer_bf16_at_vil_shapes(variant, head_dim, batch):
-    """bf16 at the shapes of ViL-T, ViL-S and ViL-B (heads of 96, 192 and 384: the cell's whole-head and sliced
-    kernels): every gradient at most twice as far from fp64 as the separate ops' (or within the bf16 tolerance). Both
-    lose ~1e-2 to the cell's backward at 196 tokens; a wrong column or term costs ~1."""
+    """bf16 at the shapes of ViL-T, ViL-S and ViL-B (heads of 96, 192 and 384: three rows of the cell's whole-head
+    tile table): every gradient at most twice as far from fp64 as the separate ops' (or within the bf16 tolerance).
+    Both lose ~1e-2 to the cell's backward at 196 tokens; a wrong column or term costs ~1."""
     grid, NH = (14, 14), 4
     t, v_width = inputs(batch, grid, NH, head_dim, dtype=torch.bfloat16, device="cuda")
     ref = {k: None if x is None else x.detach().double().requires_grad_() for k, x in t.items()}
