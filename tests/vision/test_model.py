@@ -382,7 +382,8 @@ def test_compiled_vil_tiny_layer_needs_no_inductor_padding():
 def test_stack_folds_its_layers_weights_at_once(bias, monkeypatch):
     """With autograd the block stack folds the q/k/v + gate (+ up-projection) weights of all its pre-up layers in one
     batched call; each layer's share equals its own fold, and the stack computes what the literal block-diagonal
-    layers compute, with and without biases."""
+    layers compute, outputs and parameter gradients (the up-projection's bias among them, which the packed path
+    forms in the weight-gradient GEMM), with and without biases."""
     import dataclasses
 
     from xlstm_core import stack as stack_module
@@ -407,7 +408,12 @@ def test_stack_folds_its_layers_weights_at_once(bias, monkeypatch):
     x = torch.randn(2, 9, 16)
     y = dense(x, grid=(3, 3))
     assert calls == [3]
-    torch.testing.assert_close(y, literal(x, grid=(3, 3)), atol=1e-5, rtol=1e-5)
+    y_literal = literal(x, grid=(3, 3))
+    torch.testing.assert_close(y, y_literal, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), list(m.parameters())) for out, m in ((y, dense),
+                                                                                        (y_literal, literal))]
+    for (name, _), a, b in zip(dense.named_parameters(), *grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_compiled_vil_matches_eager_outputs_and_gradients():
