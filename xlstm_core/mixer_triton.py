@@ -65,9 +65,8 @@ def _backward(dy: torch.Tensor, up: torch.Tensor, conv_weight: torch.Tensor, con
     weight, skip, bias."""
     inner, head_dim = conv_weight.shape[0], conv_weight.shape[0] // num_heads
     d_up = torch.empty_like(up, memory_format=torch.contiguous_format)
-    d_up[..., 2 * inner + v_width :].zero_()
     x_inner, z, v = _pieces(up, inner, v_width)
-    d_inner, d_z, d_v = _pieces(d_up, inner, v_width)
+    d_inner, d_z, d_v = _pieces(d_up, inner, up.shape[-1] - 2 * inner)  # the cell zeroes d_v's padding columns
     dh, d_conv_out, d_norm = norm_gate.backward_into(dy, h.unflatten(-1, (num_heads, head_dim)), x_conv, z,
                                                      norm_weight, norm_bias, skip, eps, d_z)
     d_qk = torch.empty_like(qk)
