@@ -2,8 +2,8 @@
 
 On CPU the kernel runs under TRITON_INTERPRET=1 in fp32/fp16 against the reference in fp64: output and the
 gradients of h, x_skip, z and the three parameters. x_skip is a channel-major view (the grid conv's layout) and z a
-chunk of a wider tensor (the up-projection's), as in the layer. The `gpu` tests run bf16 at ViL-T's shape and under
-torch.compile.
+chunk of a wider tensor (the up-projection's), as in the layer. The `gpu` tests run bf16 at ViL's 196 tokens for
+every row of the tile table, and under torch.compile.
 """
 import dataclasses
 
@@ -171,9 +171,11 @@ def test_rejects_mismatched_shapes():
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_vil_tiny_shape():
-    """ViL-T's chain (196 tokens, 4 heads of 96) in bf16 against the fp64 reference."""
-    check(make_leaves(8, 196, 4, 96, bias=True, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+@pytest.mark.parametrize("DH", [96, 64, 128, 192, 256, 384, 512])
+def test_gpu_bf16_vil_shape(DH):
+    """The chain at ViL's 196 tokens in bf16 against the fp64 reference, at ViL-T/S/B's heads (96, 192, 384: the
+    swept rows of the tile table) and at the widths that take a row without a sweep (64, 128, 256, 512)."""
+    check(make_leaves(8, 196, 4, DH, bias=DH % 192 == 96, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
 
 
 @pytest.mark.gpu
