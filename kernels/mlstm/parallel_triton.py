@@ -40,7 +40,10 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 #   results/mlstm_parallel_tiles_s21.json). Forward / backward per op: 0.172 / 0.625 ms at 192 and 0.195 / 0.705 at
 #   384, against 0.371 / 1.252 and 0.331 / 1.207 for the sliced kernels, which these heads took before.
 # Widths between take the next row, whose parts are at least as wide (256 = 128 + 128 takes 384's tiles), so no
-# program holds more than a swept one.
+# program holds more than a swept one. They were not timed. Offline sm_90 compiles (ptxas -v, Triton 3.6): the swept
+# configs use 255 registers and spill 0.2-0.9 KB; 256 and 320 spill as much, but 136-160 (parts 128 + 16 or 32) spill
+# 1.4-1.7 KB in the dk/dv kernel of the 192 row, and under Triton 3.8 that kernel compiles to 32 registers and ~10 KB
+# of spills there.
 # TILES: (rows, columns, head-dim slice, output columns, warps, stages) of the sliced kernels, from the same sweep at
 # ViL-S's and ViL-B's heads (DH=192 and 384; results/mlstm_parallel_tiles_sliced.json): pipeline stages took the
 # forward op from 0.42 to 0.36 ms and the backward op (dq's tiles) from 1.53 to 1.31 ms at DH=192.
