@@ -257,6 +257,15 @@ class mLSTMPreUpLayer(nn.Module):
         return (torch.is_grad_enabled() and self._takes_fused_conv(up, grid)
                 and self.conv.conv.kernel_size == (3, 3) and up.shape[1] <= MAX_LEN)
 
+    def _takes_fused_cell_gate(self, qk: torch.Tensor) -> bool:
+        """Whether the packed path's cell and output chain run as one Triton kernel
+        (xlstm_core/cell_gate_triton.py): without autograd (inference; training takes the mixer op or the separate
+        ops, whose backwards read h), on the Triton backend, for heads and lengths it takes (`fuses`)."""
+        from xlstm_core.cell_gate_triton import fuses
+
+        return (not torch.is_grad_enabled() and fuses(self.cfg.inner_dim // self.cfg.num_heads, qk.shape[1])
+                and resolve_backend(self.cfg.backend, qk.device, qk.dtype) == "triton")
+
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
                 grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None):
         """`folded`: this layer's folded weights where the caller computed them (`fold_weights`), else the layer
@@ -292,6 +301,12 @@ class mLSTMPreUpLayer(nn.Module):
             head_dim = inner // NH
             if qk_gates is None:
                 qk_gates = _linear_2d(x_conv, folded.w_conv.t(), folded.b_conv)
+            if self._takes_fused_cell_gate(qk_gates):
+                from xlstm_core.cell_gate_triton import mlstm_packed_norm_gate
+
+                y = mlstm_packed_norm_gate(qk_gates, v_gates, x_conv, z, self.norm.weight, self.norm_bias, self.skip,
+                                           num_heads=NH, variant=self.cfg.mlstm_variant, eps=self.norm.eps)
+                return self.dropout(self.proj_down(y))
             h = mlstm_packed(qk_gates, v_gates, num_heads=NH, head_dim_qk=head_dim, head_dim_v=head_dim,
                              variant=self.cfg.mlstm_variant, backend=self.cfg.backend)
             cell_state = None

@@ -345,15 +345,15 @@ def _end_aligned_rows(pid, S, BR: tl.constexpr):
 
 
 @triton.jit
-def _fwd_head_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
-                     sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sh_b, sh_h, sh_s, scale, eps,
-                     SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
-                     BR: tl.constexpr, BJ: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr):
-    """Whole-head forward: h for a tile of rows, all head columns."""
+def _head_rows(Q, K, V, G, MX, M, ALPHA, GAMMA, S, NH, DK, DV, sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s,
+               scale, eps, store_rows, SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+               BR: tl.constexpr, BJ: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr):
+    """The whole-head forward of this program's row tile (alpha and gamma stored where `store_rows`): h as its two
+    fp32 column parts, the batch row and head, and the rows with their mask. Its own kernel stores h;
+    xlstm_core/cell_gate_triton.py runs the layer's output chain on it first."""
     bh = tl.program_id(1)
     b, hd = (bh // NH).to(tl.int64), bh % NH
-    q_ptr, k_ptr = Q + b * sq_b + hd * sq_h, K + b * sk_b + hd * sk_h
-    v_ptr, h_ptr = V + b * sv_b + hd * sv_h, H + b * sh_b + hd * sh_h
+    q_ptr, k_ptr, v_ptr = Q + b * sq_b + hd * sq_h, K + b * sk_b + hd * sk_h, V + b * sv_b + hd * sv_h
     offs_r, mask_r, r_end = _end_aligned_rows(tl.program_id(0), S, BR)
     mx_r = tl.load(MX + bh * S + offs_r, mask=mask_r, other=0.0)
     q1, q2 = _parts(q_ptr, offs_r, mask_r, sq_s, DK, XA, XB)
@@ -368,8 +368,20 @@ def _fwd_head_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
         v1, v2 = _parts(v_ptr, offs_j, mask_j, sv_s, DV, XA, XB)
         acc1 = tl.dot(scores.to(v1.dtype), v1, acc1, input_precision=PRECISION)
         acc2 = tl.dot(scores.to(v2.dtype), v2, acc2, input_precision=PRECISION)
-    alpha = _normalise_rows(qn, M, ALPHA, GAMMA, bh, S, offs_r, mask_r, True, eps, SIG, NORMALIZE, BR)
-    _store_parts(h_ptr, offs_r, mask_r, sh_s, DV, acc1 * alpha[:, None], acc2 * alpha[:, None], XA, XB)
+    alpha = _normalise_rows(qn, M, ALPHA, GAMMA, bh, S, offs_r, mask_r, store_rows, eps, SIG, NORMALIZE, BR)
+    return acc1 * alpha[:, None], acc2 * alpha[:, None], b, hd, offs_r, mask_r
+
+
+@triton.jit
+def _fwd_head_kernel(Q, K, V, G, MX, M, H, ALPHA, GAMMA, S, NH, DK, DV,
+                     sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sh_b, sh_h, sh_s, scale, eps,
+                     SIG: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+                     BR: tl.constexpr, BJ: tl.constexpr, XA: tl.constexpr, XB: tl.constexpr):
+    """Whole-head forward: h for a tile of rows, all head columns."""
+    h1, h2, b, hd, offs_r, mask_r = _head_rows(Q, K, V, G, MX, M, ALPHA, GAMMA, S, NH, DK, DV, sq_b, sq_h, sq_s,
+                                               sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, scale, eps, True, SIG,
+                                               NORMALIZE, PRECISION, BR, BJ, XA, XB)
+    _store_parts(H + b * sh_b + hd * sh_h, offs_r, mask_r, sh_s, DV, h1, h2, XA, XB)
 
 
 @triton.jit
@@ -496,30 +508,60 @@ def _bsnd(like: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(B, S, NH, d, device=like.device, dtype=dtype).transpose(1, 2)
 
 
-def _launch_forward(q, k, v, gates, sig: bool, normalize: bool, eps: float):
-    """h (B, NH, S, DHV) stored as (B, S, NH, DHV), and g, mx, alpha, gamma (B, NH, S). `gates` holds the
+def _gate_rows(q: torch.Tensor, gates, sig: bool) -> tuple[torch.Tensor, ...]:
+    """g, mx, m from the gate kernel and alpha, gamma to be written, each (B, NH, S) fp32. `gates` holds the
     (igate, fgate) views, or two such pairs whose sums are the gates."""
-    B, NH, S, DK = q.shape
-    DV = v.shape[-1]
+    B, NH, S, _ = q.shape
     g, mx, m, alpha, gamma = (q.new_empty(B, NH, S, dtype=torch.float32) for _ in range(5))
     shares = gates if len(gates) == 4 else (*gates, *gates)
     _gate_kernel[(B * NH,)](*shares, g, mx, m, S, NH, *(st for x in shares for st in x.stride()), SIG=sig,
                             TWO_SHARES=len(gates) == 4, BS=pow2_block(S))
+    return g, mx, m, alpha, gamma
+
+
+def _launch_head_rows(kernel, q, k, v, h, rows, sig: bool, normalize: bool, eps: float, *extra, **meta) -> None:
+    """Launch `kernel`, `_fwd_head_kernel` or a kernel built on `_head_rows` whose arguments are those of
+    `_fwd_head_kernel` followed by `extra` (and constexprs `meta`), on the whole-head tiles."""
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    br, bj, warps, stages = _whole_head_tiles("fwd", DK, DV)
+    xa, xb = head_parts(DK, DV)
+    g, mx, m, alpha, gamma = rows
+    kernel[(triton.cdiv(S, br), B * NH)](
+        q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v), *_strides(h),
+        DK**-0.5, eps, *extra, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype), BR=br, BJ=bj, XA=xa,
+        XB=xb, num_warps=warps, num_stages=stages, **meta)
+
+
+def _launch_forward(q, k, v, gates, sig: bool, normalize: bool, eps: float):
+    """h (B, NH, S, DHV) stored as (B, S, NH, DHV), and g, mx, alpha, gamma (B, NH, S). `gates` as `_gate_rows`."""
+    B, NH, S, DK = q.shape
+    DV = v.shape[-1]
+    rows = _gate_rows(q, gates, sig)
     h = _bsnd(q, DV, q.dtype)
-    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(h))
-    common = dict(SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype))
     if whole_head(DK, DV):
-        br, bj, warps, stages = _whole_head_tiles("fwd", DK, DV)
-        xa, xb = head_parts(DK, DV)
-        _fwd_head_kernel[(triton.cdiv(S, br), B * NH)](
-            q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *strides, DK**-0.5, eps, **common, BR=br, BJ=bj,
-            XA=xa, XB=xb, num_warps=warps, num_stages=stages)
+        _launch_head_rows(_fwd_head_kernel, q, k, v, h, rows, sig, normalize, eps)
     else:
+        g, mx, m, alpha, gamma = rows
         br, bj, bd, bx, warps, stages = _sliced_tiles("fwd", DK, DV)
         _fwd_kernel[(triton.cdiv(S, br) * triton.cdiv(DV, bx), B * NH)](
-            q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *strides, DK**-0.5, eps, **common, BR=br, BJ=bj,
+            q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v),
+            *_strides(h), DK**-0.5, eps, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype), BR=br, BJ=bj,
             BD=bd, BX=bx, num_warps=warps, num_stages=stages)
+    g, mx, _, alpha, gamma = rows
     return h, g, mx, alpha, gamma
+
+
+def packed_whole_head_forward(kernel, qk: torch.Tensor, v: torch.Tensor, h: torch.Tensor, num_heads: int,
+                              head_dim: int, sig: bool, *extra, normalize: bool = True, eps: float = 1e-6,
+                              **meta) -> None:
+    """Run `kernel` (built on `_head_rows`; arguments as `_launch_head_rows` says) on packed projections with
+    head_dim_qk = head_dim_v = head_dim (unit column strides; `whole_head(head_dim, head_dim)` must hold), h the
+    (B, S, NH * DH) output it may write. For ops that fuse more into the cell's forward
+    (xlstm_core/cell_gate_triton.py)."""
+    q, k, vv, shares = unpack(qk, v, num_heads, head_dim, head_dim)
+    _launch_head_rows(kernel, q, k, vv, h.unflatten(-1, (num_heads, head_dim)).transpose(1, 2),
+                      _gate_rows(q, shares, sig), sig, normalize, eps, *extra, **meta)
 
 
 def _launch_backward(dh, q, k, v, h, g, mx, alpha, gamma, dq, dk, dv) -> tuple[torch.Tensor, torch.Tensor]:

@@ -179,9 +179,10 @@ def test_parallel_form_matches_chunkwise():
 
 
 def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
-    from xlstm_core import mlstm_layer
+    from xlstm_core import cell_gate_triton, mlstm_layer
 
     forms, original, original_packed = [], mlstm_layer.mlstm, mlstm_layer.mlstm_packed
+    original_cell_gate = cell_gate_triton.mlstm_packed_norm_gate
 
     def recording_mlstm(*args, form, **kwargs):
         forms.append(form)
@@ -191,9 +192,14 @@ def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
         forms.append("parallel")
         return original_packed(*args, **kwargs)
 
+    def recording_cell_gate(*args, **kwargs):  # the parallel form with the norm-gate chain fused (inference)
+        forms.append("parallel, fused with the norm-gate")
+        return original_cell_gate(*args, **kwargs)
+
     def record():
         monkeypatch.setattr(mlstm_layer, "mlstm", recording_mlstm)
         monkeypatch.setattr(mlstm_layer, "mlstm_packed", recording_packed)
+        monkeypatch.setattr(cell_gate_triton, "mlstm_packed_norm_gate", recording_cell_gate)
 
     record()
     model = small_vil(depth=1)
@@ -209,7 +215,7 @@ def test_auto_form_is_parallel_under_torch_compile_or_on_triton(monkeypatch):
     fused.load_state_dict(model.state_dict())
     with torch.no_grad():  # with a gradient the cell runs inside the fused mixer op (test_fused_mixer_*)
         torch.testing.assert_close(fused(x), eager, atol=1e-5, rtol=1e-4)
-    assert forms[2:] == ["parallel"]
+    assert forms[2:] == ["parallel, fused with the norm-gate"]
     with pytest.raises(ValueError, match="mlstm_form"):
         small_vil(mlstm_form="recurrent")
 
