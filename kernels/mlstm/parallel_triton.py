@@ -40,10 +40,11 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 #   results/mlstm_parallel_tiles_s21.json). Forward / backward per op: 0.172 / 0.625 ms at 192 and 0.195 / 0.705 at
 #   384, against 0.371 / 1.252 and 0.331 / 1.207 for the sliced kernels, which these heads took before.
 # Widths between take the next row, whose parts are at least as wide (256 = 128 + 128 takes 384's tiles), so no
-# program holds more than a swept one. They were not timed. Offline sm_90 compiles (ptxas -v, Triton 3.6): the swept
-# configs use 255 registers and spill 0.2-0.9 KB; 256 and 320 spill as much, but 136-160 (parts 128 + 16 or 32) spill
-# 1.4-1.7 KB in the dk/dv kernel of the 192 row, and under Triton 3.8 that kernel compiles to 32 registers and ~10 KB
-# of spills there.
+# program holds more than a swept one. Offline sm_90 compiles (ptxas -v, Triton 3.6): the swept configs use 255
+# registers and spill 0.2-0.9 KB; 256 and 320 spill as much, but 136-160 (parts 128 + 16 or 32) spill 1.4-1.7 KB in
+# the dk/dv kernel of the 192 row, and under Triton 3.8 that kernel compiles to 32 registers and ~10 KB of spills
+# there. Timed in session 22 (B=256, forward / backward per op) they still beat the sliced kernels: 136: 0.298 / 1.690
+# against 6.10 / 17.8 ms, 160: 0.161 / 0.759 against 0.374 / 1.242, 256: 0.251 / 0.924 against 0.378 / 1.309.
 # TILES: (rows, columns, head-dim slice, output columns, warps, stages) of the sliced kernels, from the same sweep at
 # ViL-S's and ViL-B's heads (DH=192 and 384; results/mlstm_parallel_tiles_sliced.json): pipeline stages took the
 # forward op from 0.42 to 0.36 ms and the backward op (dq's tiles) from 1.53 to 1.31 ms at DH=192.
@@ -481,20 +482,26 @@ def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_Q
             tl.float32)
         di = kdk * tl.sigmoid(-i)
     df = d_lf * tl.sigmoid(-f)
-    _store_gate_grads(DQK + (b * S + offs) * ROW_QK + C_QK, W_QK - C_QK, di, df, offs < S, heads, NH, BS, BP)
-    _store_gate_grads(DV_OUT + (b * S + offs) * ROW_V + C_V, W_V - C_V, di, df, offs < S, heads, NH, BS, BP)
+    _store_gate_grads(DQK + b * S * ROW_QK + C_QK, ROW_QK, W_QK - C_QK, di, df, S, heads, NH, BS, BP)
+    _store_gate_grads(DV_OUT + b * S * ROW_V + C_V, ROW_V, W_V - C_V, di, df, S, heads, NH, BS, BP)
 
 
 @triton.jit
-def _store_gate_grads(rows, width, di, df, mask_s, heads, NH, BS: tl.constexpr, BP: tl.constexpr):
-    """di, df (tokens x heads) at columns heads and NH + heads of `rows` (pointers to each token's gate columns),
-    zeros at the padding columns from 2 NH up to `width`."""
-    mask = mask_s[:, None] & (heads < NH)[None, :]
-    tl.store(rows[:, None] + heads[None, :], di.to(rows.dtype.element_ty), mask=mask)
-    tl.store(rows[:, None] + NH + heads[None, :], df.to(rows.dtype.element_ty), mask=mask)
+def _store_gate_grads(base, row, width, di, df, S, heads, NH, BS: tl.constexpr, BP: tl.constexpr):
+    """di, df (tokens x heads) at columns heads and NH + heads of the S rows `row` elements apart from `base` (each
+    token's gate columns), zeros at the padding columns from 2 NH up to `width`. The zeros go 32 tokens at a time:
+    as one (BS, BP) tile, the pointers alone took 256 registers per thread at BP = 64 (ViL's up-projection), and
+    the kernel, spilling ~8 KB, took 127 us per ViL-T block in the compiled training step."""
+    offs = tl.arange(0, BS)
+    rows = base + offs * row
+    mask = (offs < S)[:, None] & (heads < NH)[None, :]
+    tl.store(rows[:, None] + heads[None, :], di.to(base.dtype.element_ty), mask=mask)
+    tl.store(rows[:, None] + NH + heads[None, :], df.to(base.dtype.element_ty), mask=mask)
     pad = 2 * NH + tl.arange(0, BP)
-    tl.store(rows[:, None] + pad[None, :], tl.zeros((BS, BP), dtype=rows.dtype.element_ty),
-             mask=mask_s[:, None] & (pad < width)[None, :])
+    for t0 in range(0, S, 32):
+        t = t0 + tl.arange(0, 32)
+        tl.store(base + t[:, None] * row + pad[None, :], tl.zeros((32, BP), dtype=base.dtype.element_ty),
+                 mask=(t < S)[:, None] & (pad < width)[None, :])
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
