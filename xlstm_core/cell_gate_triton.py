@@ -27,6 +27,7 @@ from xlstm_core.norm_gate_triton import _gate_inputs, _normalise, _pre_gate
 @triton.jit
 def _gated_part(XS, Z, W, BIAS, SKIP, Y, b, t, f, mask_d, mask, xhat, sx_b, sx_t, sx_f, sz_b, sz_t, sy_b, sy_t,
                 HAS_BIAS: tl.constexpr):
+    """The chain on one column part of the tile, stored: y = (xhat w + bias + skip x_skip) silu(z)."""
     xs, z, w, skip, bias = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f, mask_d, mask, sx_b, sx_t, sx_f, sz_b, sz_t,
                                         HAS_BIAS)
     y = _pre_gate(xhat, xs, w, skip, bias) * z * tl.sigmoid(z)

@@ -40,11 +40,13 @@ MAX_LEN = 256  # the longest sequence this kernel takes; longer ones belong to t
 #   results/mlstm_parallel_tiles_s21.json). Forward / backward per op: 0.172 / 0.625 ms at 192 and 0.195 / 0.705 at
 #   384, against 0.371 / 1.252 and 0.331 / 1.207 for the sliced kernels, which these heads took before.
 # Widths between take the next row, whose parts are at least as wide (256 = 128 + 128 takes 384's tiles), so no
-# program holds more than a swept one. Offline sm_90 compiles (ptxas -v, Triton 3.6): the swept configs use 255
-# registers and spill 0.2-0.9 KB; 256 and 320 spill as much, but 136-160 (parts 128 + 16 or 32) spill 1.4-1.7 KB in
-# the dk/dv kernel of the 192 row, and under Triton 3.8 that kernel compiles to 32 registers and ~10 KB of spills
-# there. Timed in session 22 (B=256, forward / backward per op) they still beat the sliced kernels: 136: 0.298 / 1.690
-# against 6.10 / 17.8 ms, 160: 0.161 / 0.759 against 0.374 / 1.242, 256: 0.251 / 0.924 against 0.378 / 1.309.
+# program holds more than a swept one. Offline sm_90 compiles (ptxas -v, Triton 3.6) specialised as the launches are
+# (unit strides constant, strides divisible by 16 marked; they read 116 registers for ViL-T's forward, as ncu does):
+# at ViL-S's and ViL-B's heads 224-255 registers, spills of at most 112 B (ViL-B's dk/dv). Unspecialised compiles
+# (session 21) read 255 registers and 0.2-0.9 KB everywhere, and 1.4-1.7 KB in the dk/dv kernel at 136-160 (parts
+# 128 + 16 or 32; under Triton 3.8 32 registers and ~10 KB). Timed in session 22 (B=256, forward / backward per op)
+# those widths still beat the sliced kernels: 136: 0.298 / 1.690 against 6.10 / 17.8 ms, 160: 0.161 / 0.759 against
+# 0.374 / 1.242, 256: 0.251 / 0.924 against 0.378 / 1.309.
 # TILES: (rows, columns, head-dim slice, output columns, warps, stages) of the sliced kernels, from the same sweep at
 # ViL-S's and ViL-B's heads (DH=192 and 384; results/mlstm_parallel_tiles_sliced.json): pipeline stages took the
 # forward op from 0.42 to 0.36 ms and the backward op (dq's tiles) from 1.53 to 1.31 ms at DH=192.
