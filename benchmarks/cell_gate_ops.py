@@ -35,7 +35,8 @@ def _inputs(B: int, dim: int, NH: int = 4, T: int = 196):
         x[..., c : c + 2 * NH] = 0.3 * x[..., c : c + 2 * NH] + torch.tensor([0.0] * NH + [1.5] * NH, device="cuda")
     up, qk = up.bfloat16(), qk.bfloat16()
     params = [1 + 0.1 * rand(inner), 0.1 * rand(inner), 1 + 0.1 * rand(inner)]  # weight, bias, skip
-    return qk, up[..., 2 * inner : 2 * inner + v_width], rand(B, T, inner).bfloat16(), up[..., inner : 2 * inner], params
+    x_skip = rand(B, T, inner).bfloat16()
+    return qk, up[..., 2 * inner : 2 * inner + v_width], x_skip, up[..., inner : 2 * inner], params
 
 
 def _ops(qk, v, x_skip, z, params, NH: int):
@@ -114,8 +115,8 @@ def main(argv=None):
     if args.sweep:
         swept = sweep(args.sweep_size)
         for r in sorted(swept, key=lambda r: r["value"]):
-            print(f"{str(r['tiles']):>18s} cap {r['max_registers']!s:>5s} {r['value']:8.4f} ms  err {r['rel_err_vs_pinned']:.1e}"
-                  + ("  (pinned)" if r["pinned"] else ""))
+            print(f"{str(r['tiles']):>18s} cap {r['max_registers']!s:>5s} {r['value']:8.4f} ms  "
+                  f"err {r['rel_err_vs_pinned']:.1e}" + ("  (pinned)" if r["pinned"] else ""))
         rows += swept
     path = write_results(args.out, rows, note=(
         "cell + norm-gate forward for inference, fused (xlstm_core/cell_gate_triton.py, capped at max_registers per "

@@ -82,7 +82,8 @@ def test_layer_inference_takes_it_and_matches_the_separate_ops(monkeypatch):
     x = torch.randn(2, 21, 32)
     calls = []
     fused_op = cell_gate_triton.mlstm_packed_norm_gate
-    monkeypatch.setattr(cell_gate_triton, "mlstm_packed_norm_gate", lambda *a, **k: calls.append(1) or fused_op(*a, **k))
+    monkeypatch.setattr(cell_gate_triton, "mlstm_packed_norm_gate",
+                        lambda *a, **k: calls.append(1) or fused_op(*a, **k))
     with torch.no_grad():
         y = layer(x)
         monkeypatch.setattr(mLSTMPreUpLayer, "_takes_fused_cell_gate", lambda self, qk: False)
