@@ -9,7 +9,7 @@ of 38.5 MB per ViL-T block at batch 256), and one launch per block goes. h is ro
 the norm, as the separate ops see it.
 
 For inference only (the pre-up layer without autograd), and for heads of at most MAX_HEAD features: ViL-T's
-compiled inference went 23,316 / 23,361 -> 23,927 / 23,825 img/s (+2.4%, alternating arms in one call, H100), while
+compiled inference went 23,316 / 23,361 -> 23,927 / 23,825 img/s (+2.3%, alternating arms in one call, H100), while
 ViL-S's and ViL-B's wider heads ran slower fused (see MAX_REGISTERS). Training keeps the separate forwards (ViL's
 mixer op, xlstm_core/mixer_triton.py): a variant that also wrote h and the cell's rows for the backward took 0.160
 against 0.155 ms per op at ViL-T, and ViL-T's training lost 0.4%.
