@@ -546,18 +546,16 @@ def _launch_forward(q, k, v, gates, sig: bool, normalize: bool, eps: float):
     """h (B, NH, S, DHV) stored as (B, S, NH, DHV), and g, mx, alpha, gamma (B, NH, S). `gates` as `_gate_rows`."""
     B, NH, S, DK = q.shape
     DV = v.shape[-1]
-    rows = _gate_rows(q, gates, sig)
+    rows = g, mx, m, alpha, gamma = _gate_rows(q, gates, sig)
     h = _bsnd(q, DV, q.dtype)
     if whole_head(DK, DV):
         _launch_head_rows(_fwd_head_kernel, q, k, v, h, rows, sig, normalize, eps)
     else:
-        g, mx, m, alpha, gamma = rows
         br, bj, bd, bx, warps, stages = _sliced_tiles("fwd", DK, DV)
         _fwd_kernel[(triton.cdiv(S, br) * triton.cdiv(DV, bx), B * NH)](
             q, k, v, g, mx, m, h, alpha, gamma, S, NH, DK, DV, *_strides(q), *_strides(k), *_strides(v),
             *_strides(h), DK**-0.5, eps, SIG=sig, NORMALIZE=normalize, PRECISION=_precision(q.dtype), BR=br, BJ=bj,
             BD=bd, BX=bx, num_warps=warps, num_stages=stages)
-    g, mx, _, alpha, gamma = rows
     return h, g, mx, alpha, gamma
 
 
