@@ -4,10 +4,11 @@ block, forward and backward, in the model's layout.
 Baseline measured in the same run: the Triton conv + SiLU (grid_conv_triton) followed by cuBLAS's dense GEMM over the
 folded (2 D + 16, D) weight; backward: the GEMM's input gradient accumulated onto the skip's (addmm, beta = 1), its
 weight gradient, the bias sum (a product with ones), the conv's SiLU backward and its weight and bias sums. Ours: the
-conv + q/k kernel and the gate-share kernel; backward: x_conv's gradient through silu'(u) in one kernel, the diagonal
-tiles' weight gradients in another, and the same conv weight sums. x_inner is a strided slice of the up-projection's
-output (widths from the layer, `benchmarks.common.packed_layer_widths`); batch 256 (ViL-B 128), 14 x 14 tokens,
-bf16; GPU ms from CUDA-graph replays. Prints a table and writes JSON (results schema of DESIGN.md).
+conv + q/k kernel (storing silu'(u), as in training) and the gate-share kernel; backward: x_conv's gradient through
+the stored silu'(u) in one kernel, the diagonal tiles' weight gradients in another, and the same conv weight sums.
+x_inner is a strided slice of the up-projection's output (widths from the layer,
+`benchmarks.common.packed_layer_widths`); batch 256 (ViL-B 128), 14 x 14 tokens, bf16; GPU ms from CUDA-graph
+replays. Prints a table and writes JSON (results schema of DESIGN.md).
 
     python -m benchmarks.conv_qk_ops [--sizes tiny small base] [--out benchmarks/results/conv_qk_ops.json]
 """
@@ -100,8 +101,9 @@ def measure(size: str) -> list[dict]:
         du = _silu_grad(x, conv_w, conv_b, d_all, H, W)
         return du, gc._weight_grads(du, x, H, W), d_w, d_b
 
-    forward = lambda: cq.conv_qk(x, conv_w, conv_b, w_qk, b_qk, H, W, BLOCK)
-    backward = lambda: cq.conv_qk_backward(x, conv_w, conv_b, w_qk, x_conv, d_qk, d_x_conv, H, W, BLOCK)
+    silu_grad = torch.empty_like(x_conv)
+    forward = lambda: cq.conv_qk(x, conv_w, conv_b, w_qk, b_qk, H, W, BLOCK, silu_grad)  # as in training
+    backward = lambda: cq.conv_qk_backward(x, conv_w, w_qk, x_conv, silu_grad, d_qk, d_x_conv, H, W, BLOCK)
     du_dense = dense_backward()[0]
     d_all.copy_(d_x_conv)
     error = max_rel_err([forward()[1], backward()[0]], [qk_dense, du_dense])

@@ -11,9 +11,10 @@ with the 64 x 64 diagonal tile of W_q / W_k (only the block entries are read; th
 tensor cores, in the conv's kernel; the gate shares are a skinny product over x_conv (`_gates_kernel`).
 
 Backward (`conv_qk_backward`, used by xlstm_core/mixer_triton.py): one kernel forms x_conv's whole gradient (its
-other uses' plus dq W_q + dk W_k + dg W_g) and takes it through silu'(u), u recomputed from x; another sums the
-diagonal tiles' weight gradients dq^T x_conv and the biases' over token ranges; the conv's own weight gradient and
-input gradient are grid_conv_triton's kernels.
+other uses' plus dq W_q + dk W_k + dg W_g) and takes it through silu'(u), which the training forward stores (one
+more tensor of x_conv's size kept per layer: recomputing u from nine taps of x made this kernel 1.6x slower, session
+24); another sums the diagonal tiles' weight gradients dq^T x_conv and the biases' over token ranges; the conv's own
+weight gradient and input gradient are grid_conv_triton's kernels.
 
 Measured on an H100 at batch 256 (benchmarks/conv_qk_ops.py; vision/README.md, session 19): forward + backward per
 block 0.40 against the dense path's 0.41 ms at ViL-T, 0.77 against 0.96 at ViL-S, 0.76 against 1.37 at ViL-B (batch
@@ -37,7 +38,11 @@ from xlstm_core import grid_conv_triton as conv
 # channels per step of the reduction, warps), the input gradient of the projections, and their weight gradients
 # (tokens per step, channels, warps). The fastest of an H100 sweep at ViL-T's shape (session 19: 12 forward, 12 input-
 # and 8 weight-gradient configs with 16-128 tokens, 32-64 channels, 2-8 warps; the gate kernel's 4 configs within 0.3%).
-FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (64, 64, 4), (64, 64, 4)
+# Session 24 (the backward reads the stored silu'(u)): the input gradient's tiles are the fastest of 6 configs at
+# ViL-T, -S and -B, and the training forward (which stores silu'(u)) takes TRAIN_FWD_TILES, the fastest of 32 configs
+# at all three (-2 to -18 us per block against FWD_TILES, which stays the fastest without the store).
+FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (128, 64, 4), (64, 64, 4)
+TRAIN_FWD_TILES = (16, 64, 2)
 
 
 def _gate_block(width: int, inner: int) -> int:
@@ -68,10 +73,12 @@ def _diag_tile(ptr, d, mask_d, s_r, s_c, BLOCK: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def _conv_qk_kernel(X, CW, CB, WQK, BQK, XC, QK, T, H, W, D, W_QK, sx_b, sx_t, sw_o, sw_i, K: tl.constexpr,
-                    BLOCK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, PRECISION: tl.constexpr):
+def _conv_qk_kernel(X, CW, CB, WQK, BQK, XC, QK, DS, T, H, W, D, W_QK, sx_b, sx_t, sw_o, sw_i, K: tl.constexpr,
+                    BLOCK: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, PRECISION: tl.constexpr,
+                    STORE_DS: tl.constexpr):
     """x_conv, q and k for BT tokens and BD channels of one image: q = x_conv tile times the BD x BD diagonal tile of
-    W_q (which holds whole blocks) on the tensor cores. XC (B, T, D) and QK (B, T, W_QK) dense."""
+    W_q (which holds whole blocks) on the tensor cores; with STORE_DS also silu'(u) for the backward. XC, DS (B, T,
+    D) and QK (B, T, W_QK) dense."""
     b = tl.program_id(0)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
@@ -83,8 +90,12 @@ def _conv_qk_kernel(X, CW, CB, WQK, BQK, XC, QK, T, H, W, D, W_QK, sx_b, sx_t, s
         for j in tl.static_range(K):
             w = tl.load(CW + d * (K * K) + i * K + j, mask=mask_d, other=0.0).to(tl.float32)[None, :]
             u += _tap(X, b, row, col, d[None, :], mask, i - K // 2, j - K // 2, H, W, sx_b, sx_t) * w
+    s = tl.sigmoid(u)
     out = XC + (b * T + t).to(tl.int64)[:, None] * D + d[None, :]
-    tl.store(out, (u * tl.sigmoid(u)).to(XC.dtype.element_ty), mask=mask)
+    tl.store(out, (u * s).to(XC.dtype.element_ty), mask=mask)
+    if STORE_DS:
+        tl.store(DS + (b * T + t).to(tl.int64)[:, None] * D + d[None, :],
+                 (s * (1.0 + u * (1.0 - s))).to(DS.dtype.element_ty), mask=mask)
     # The products read the tile back (L2) after a barrier. Fed straight from the conv's arithmetic, Triton moved that
     # arithmetic into the dot operand's layout: each of the k * k input tiles through shared memory, and the tile
     # computed by every warp (H100, ViL-T's shape: 0.98 ms against 0.05 for the conv alone).
@@ -119,12 +130,11 @@ def _gates_kernel(XC, WQK, BQK, QK, N, D, NG, W_QK, sw_o, sw_i, BM: tl.constexpr
 
 
 @triton.jit
-def _dgrad_kernel(DQK, WQK, DXC, X, CW, CB, DU, N, T, H, W, D, NG, W_QK, sw_o, sw_i, sx_b, sx_t,
-                  BLOCK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BG: tl.constexpr,
-                  PRECISION: tl.constexpr):
-    """du, the gradient of the 3 x 3 conv's pre-activation u, for BM tokens (of any images) and BD channels: x_conv's
-    whole gradient (its other uses' DXC + dq W_q + dk W_k + dg W_g, the q / k products over the BD x BD diagonal
-    tiles) times silu'(u), u recomputed from X."""
+def _dgrad_kernel(DQK, WQK, DXC, DS, DU, N, D, NG, W_QK, sw_o, sw_i, BLOCK: tl.constexpr, BM: tl.constexpr,
+                  BD: tl.constexpr, BG: tl.constexpr, PRECISION: tl.constexpr):
+    """du, the gradient of the conv's pre-activation u, for BM tokens (of any images) and BD channels: x_conv's whole
+    gradient (its other uses' DXC + dq W_q + dk W_k + dg W_g, the q / k products over the BD x BD diagonal tiles)
+    times silu'(u) as the forward stored it (DS)."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     d = tl.program_id(1) * BD + tl.arange(0, BD)
     gr = tl.arange(0, BG)
@@ -140,16 +150,8 @@ def _dgrad_kernel(DQK, WQK, DXC, X, CW, CB, DU, N, T, H, W, D, NG, W_QK, sw_o, s
     w_g = tl.load(WQK + (2 * D + gr)[:, None] * sw_o + d[None, :] * sw_i, mask=mask_g[:, None] & mask_d[None, :],
                   other=0.0)
     acc += tl.dot(dg, w_g.to(dg.dtype), input_precision=PRECISION)
-    b, t = (rows // T)[:, None], rows % T
-    row, col = (t // W)[:, None], (t % W)[:, None]
-    u = tl.load(CB + d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    for i in tl.static_range(3):
-        for j in tl.static_range(3):
-            w = tl.load(CW + d * 9 + i * 3 + j, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-            u += _tap(X, b, row, col, d[None, :], mask, i - 1, j - 1, H, W, sx_b, sx_t) * w
-    s = tl.sigmoid(u)
-    du = acc * s * (1.0 + u * (1.0 - s))
-    tl.store(DU + rows.to(tl.int64)[:, None] * D + d[None, :], du.to(DU.dtype.element_ty), mask=mask)
+    ds = tl.load(DS + rows.to(tl.int64)[:, None] * D + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(DU + rows.to(tl.int64)[:, None] * D + d[None, :], (acc * ds).to(DU.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -206,7 +208,7 @@ def takes_blocks(inner: int, block_size: int) -> bool:
     """Whether the kernels take q / k blocks of `block_size`: a power of two that divides the width `inner` and the
     kernels' channel tiles (each diagonal tile must hold whole blocks)."""
     return (block_size > 0 and block_size & (block_size - 1) == 0 and inner % block_size == 0
-            and all(tiles[1] % block_size == 0 for tiles in (FWD_TILES, DGRAD_TILES, WGRAD_TILES)))
+            and all(tiles[1] % block_size == 0 for tiles in (FWD_TILES, TRAIN_FWD_TILES, DGRAD_TILES, WGRAD_TILES)))
 
 
 def _check_blocks(inner: int, block_size: int, width: int) -> None:
@@ -218,20 +220,27 @@ def _check_blocks(inner: int, block_size: int, width: int) -> None:
 
 
 def conv_qk(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, w_qk: torch.Tensor,
-            b_qk: torch.Tensor, height: int, width: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+            b_qk: torch.Tensor, height: int, width: int, block_size: int,
+            silu_grad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_conv (B, T, D) and qk (B, T, W_qk), dense and in x's dtype, from x (B, T, D; unit channel stride, any
     image and token strides), the conv's weight (D, 1, K, K) and bias, and w_qk (W_qk, D; any strides) whose q and
-    k rows are block-diagonal with `block_size` blocks (entries outside the blocks are not read)."""
+    k rows are block-diagonal with `block_size` blocks (entries outside the blocks are not read). In training,
+    `silu_grad` (B, T, D, dense, x's dtype) receives silu'(u) of the conv's pre-activation u for the backward."""
     B, T, D = x.shape
     W_qk = w_qk.shape[0]
     _check_blocks(D, block_size, W_qk)
+    if silu_grad is not None and (silu_grad.shape != (B, T, D) or silu_grad.dtype != x.dtype
+                                  or not silu_grad.is_contiguous()):
+        raise ValueError(f"silu_grad must be a dense ({B}, {T}, {D}) tensor of {x.dtype}, got "
+                         f"{tuple(silu_grad.shape)} {silu_grad.dtype}")
     x_conv, qk = x.new_empty(B, T, D), x.new_empty(B, T, W_qk)
     w_qk = w_qk.to(x.dtype)
-    bt, bd, warps = FWD_TILES
+    bt, bd, warps = FWD_TILES if silu_grad is None else TRAIN_FWD_TILES
     _conv_qk_kernel[(B, triton.cdiv(T, bt), triton.cdiv(D, bd))](
-        x, conv_weight, conv_bias, w_qk, b_qk, x_conv, qk, T, height, width, D, W_qk, x.stride(0), x.stride(1),
-        w_qk.stride(0), w_qk.stride(1), K=conv_weight.shape[-1], BLOCK=block_size, BT=bt, BD=bd,
-        PRECISION=_precision(x.dtype), num_warps=warps)
+        x, conv_weight, conv_bias, w_qk, b_qk, x_conv, qk, x_conv if silu_grad is None else silu_grad, T, height,
+        width, D, W_qk, x.stride(0), x.stride(1), w_qk.stride(0), w_qk.stride(1), K=conv_weight.shape[-1],
+        BLOCK=block_size, BT=bt, BD=bd, PRECISION=_precision(x.dtype), STORE_DS=silu_grad is not None,
+        num_warps=warps)
     bm, bk, warps = GATE_TILES
     _gates_kernel[(triton.cdiv(B * T, bm),)](
         x_conv, w_qk, b_qk, qk, B * T, D, W_qk - 2 * D, W_qk, w_qk.stride(0), w_qk.stride(1), BM=bm, BK=bk,
@@ -239,27 +248,26 @@ def conv_qk(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
     return x_conv, qk
 
 
-def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, w_qk: torch.Tensor,
-                     x_conv: torch.Tensor, d_qk: torch.Tensor, d_x_conv: torch.Tensor, height: int, width: int,
+def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, w_qk: torch.Tensor, x_conv: torch.Tensor,
+                     silu_grad: torch.Tensor, d_qk: torch.Tensor, d_x_conv: torch.Tensor, height: int, width: int,
                      block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`conv_qk`'s backward for a 3 x 3 conv, from its output x_conv and the gradients of qk (B, T, W_qk) and of
-    x_conv's other uses (B, T, D): du (B, T, D) in x's dtype, the gradient of the conv's pre-activation (for its
-    input gradient), and in fp32 the gradients of the conv's weight (D, 1, 3, 3) and bias, of w_qk (W_qk, D; zero
-    outside q's and k's blocks) and of b_qk."""
+    """`conv_qk`'s backward for a 3 x 3 conv, from its outputs x_conv and silu_grad and the gradients of qk (B, T,
+    W_qk) and of x_conv's other uses (B, T, D): du (B, T, D) in x's dtype, the gradient of the conv's pre-activation
+    (for its input gradient), and in fp32 the gradients of the conv's weight (D, 1, 3, 3) and bias, of w_qk (W_qk, D;
+    zero outside q's and k's blocks) and of b_qk."""
     B, T, D = x.shape
     N, W_qk = B * T, w_qk.shape[0]
     _check_blocks(D, block_size, W_qk)
     if conv_weight.shape[-2:] != (3, 3):
         raise ValueError(f"the fused conv + q/k backward takes a 3 x 3 conv, got {tuple(conv_weight.shape[-2:])}")
     gates = W_qk - 2 * D
-    x_conv, d_qk, d_x_conv = (t.to(x.dtype).contiguous() for t in (x_conv, d_qk, d_x_conv))  # the dots take one dtype
+    x_conv, silu_grad, d_qk, d_x_conv = (t.to(x.dtype).contiguous() for t in (x_conv, silu_grad, d_qk, d_x_conv))
     w_qk, precision, bg = w_qk.to(d_qk.dtype), _precision(d_qk.dtype), _gate_block(W_qk, D)
     du = torch.empty_like(x_conv)
     bm, bd, warps = DGRAD_TILES
     _dgrad_kernel[(triton.cdiv(N, bm), triton.cdiv(D, bd))](
-        d_qk, w_qk, d_x_conv, x, conv_weight, conv_bias, du, N, T, height, width, D, gates, W_qk, w_qk.stride(0),
-        w_qk.stride(1), x.stride(0), x.stride(1), BLOCK=block_size, BM=bm, BD=bd, BG=bg, PRECISION=precision,
-        num_warps=warps)
+        d_qk, w_qk, d_x_conv, silu_grad, du, N, D, gates, W_qk, w_qk.stride(0), w_qk.stride(1), BLOCK=block_size,
+        BM=bm, BD=bd, BG=bg, PRECISION=precision, num_warps=warps)
     bm, bd, warps = WGRAD_TILES
     splits = conv._token_splits(triton.cdiv(D, bd), N, bm, x.device, min_blocks=4)
     span = triton.cdiv(triton.cdiv(N, splits), bm) * bm

@@ -9,8 +9,8 @@ Built from separate ops, the backward's gradients of up's three pieces (x_inner'
 norm-gate, v's from the cell) came out as three tensors that one more pass assembled into up's gradient (76 us per
 ViL-T block on an H100, 1,216 columns at batch 256). Here each backward kernel writes its columns of up's gradient
 in place. The conv, its SiLU, the block-diagonal q/k projection and the gates' shares run on
-xlstm_core/conv_qk_triton.py's kernels (no dense q/k GEMM; the conv's pre-activation is recomputed in the backward,
-so it is neither written nor kept). The other kernels are those of the separate ops (grid_conv_triton,
+xlstm_core/conv_qk_triton.py's kernels (no dense q/k GEMM; the forward keeps silu'(u) of the conv's pre-activation for
+the backward). The other kernels are those of the separate ops (grid_conv_triton,
 kernels.mlstm.parallel_triton, norm_gate_triton).
 """
 from __future__ import annotations
@@ -32,15 +32,16 @@ def _forward(up: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tenso
              b_qk: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, skip: torch.Tensor,
              height: int, width: int, block_size: int, num_heads: int, v_width: int, sig: bool, eps: float
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                        torch.Tensor, torch.Tensor]:
-    """y (B, T, inner) and what the backward reads: x_conv, qk, h (B, T, ...) and the cell's fp32 rows g, mx,
-    alpha, gamma. Not exported: `mixer_triton` is the entry point."""
+                        torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y (B, T, inner) and what the backward reads: x_conv, silu'(u) of the conv, qk, h (B, T, ...) and the cell's
+    fp32 rows g, mx, alpha, gamma. Not exported: `mixer_triton` is the entry point."""
     inner = conv_weight.shape[0]
     x_inner, z, v = _pieces(up, inner, v_width)
-    x_conv, qk = conv_qk(x_inner, conv_weight, conv_bias, w_qk, b_qk, height, width, block_size)
+    silu_grad = up.new_empty(*up.shape[:2], inner)
+    x_conv, qk = conv_qk(x_inner, conv_weight, conv_bias, w_qk, b_qk, height, width, block_size, silu_grad)
     h, *rows = packed_forward_residuals(qk, v, num_heads, inner // num_heads, sig)
     y = norm_gate._forward(h.unflatten(-1, (num_heads, -1)), x_conv, z, norm_weight, norm_bias, skip, eps)
-    return y, x_conv, qk, h, *rows
+    return y, x_conv, silu_grad, qk, h, *rows
 
 
 @_forward.register_fake
@@ -49,14 +50,14 @@ def _(up, conv_weight, conv_bias, w_qk, b_qk, norm_weight, norm_bias, skip, heig
     B, T = up.shape[:2]
     inner = conv_weight.shape[0]
     row = lambda: up.new_empty(B, num_heads, T, dtype=torch.float32)
-    return (up.new_empty(B, T, inner), up.new_empty(B, T, inner), up.new_empty(B, T, w_qk.shape[0]),
-            up.new_empty(B, T, inner), row(), row(), row(), row())
+    return (up.new_empty(B, T, inner), up.new_empty(B, T, inner), up.new_empty(B, T, inner),
+            up.new_empty(B, T, w_qk.shape[0]), up.new_empty(B, T, inner), row(), row(), row(), row())
 
 
 @torch.library.custom_op("xlstm_kit::mixer_bwd", mutates_args=())
-def _backward(dy: torch.Tensor, up: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
-              w_qk: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, skip: torch.Tensor,
-              x_conv: torch.Tensor, qk: torch.Tensor, h: torch.Tensor, g: torch.Tensor, mx: torch.Tensor,
+def _backward(dy: torch.Tensor, up: torch.Tensor, conv_weight: torch.Tensor, w_qk: torch.Tensor,
+              norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, skip: torch.Tensor, x_conv: torch.Tensor,
+              silu_grad: torch.Tensor, qk: torch.Tensor, h: torch.Tensor, g: torch.Tensor, mx: torch.Tensor,
               alpha: torch.Tensor, gamma: torch.Tensor, height: int, width: int, block_size: int, num_heads: int,
               v_width: int, sig: bool, eps: float
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,14 +72,14 @@ def _backward(dy: torch.Tensor, up: torch.Tensor, conv_weight: torch.Tensor, con
                                                      norm_weight, norm_bias, skip, eps, d_z)
     d_qk = torch.empty_like(qk)
     packed_backward_into(dh.flatten(2), qk, v, h, g, mx, alpha, gamma, num_heads, head_dim, head_dim, sig, d_qk, d_v)
-    du, *param_grads = conv_qk_backward(x_inner, conv_weight, conv_bias, w_qk, x_conv, d_qk, d_conv_out, height,
+    du, *param_grads = conv_qk_backward(x_inner, conv_weight, w_qk, x_conv, silu_grad, d_qk, d_conv_out, height,
                                         width, block_size)
     conv._dgrad_into(du, conv_weight, height, width, d_inner)
     return d_up, *param_grads, d_norm
 
 
 @_backward.register_fake
-def _(dy, up, conv_weight, conv_bias, w_qk, norm_weight, norm_bias, skip, x_conv, qk, h, g, mx, alpha, gamma, height,
+def _(dy, up, conv_weight, w_qk, norm_weight, norm_bias, skip, x_conv, silu_grad, qk, h, g, mx, alpha, gamma, height,
       width, block_size, num_heads, v_width, sig, eps):
     inner = conv_weight.shape[0]
     fp32 = lambda *shape: up.new_empty(*shape, dtype=torch.float32)
@@ -88,14 +89,14 @@ def _(dy, up, conv_weight, conv_bias, w_qk, norm_weight, norm_bias, skip, x_conv
 
 def _setup_context(ctx, inputs, output):
     up, conv_weight, conv_bias, w_qk, b_qk, norm_weight, norm_bias, skip, *ctx.scalars = inputs
-    ctx.save_for_backward(up, conv_weight, conv_bias, w_qk, norm_weight, norm_bias, skip, *output[1:])
+    ctx.save_for_backward(up, conv_weight, w_qk, norm_weight, norm_bias, skip, *output[1:])
     ctx.dtypes = [t.dtype for t in (conv_weight, conv_bias, w_qk, b_qk, norm_weight, skip)]
 
 
 def _autograd_backward(ctx, dy, *_):
-    up, conv_weight, conv_bias, w_qk, norm_weight, norm_bias, skip, *saved = ctx.saved_tensors
-    d_up, d_conv_w, d_conv_b, d_w_qk, d_b_qk, d_norm = _backward(dy, up, conv_weight, conv_bias, w_qk, norm_weight,
-                                                                 norm_bias, skip, *saved, *ctx.scalars)
+    up, conv_weight, w_qk, norm_weight, norm_bias, skip, *saved = ctx.saved_tensors
+    d_up, d_conv_w, d_conv_b, d_w_qk, d_b_qk, d_norm = _backward(dy, up, conv_weight, w_qk, norm_weight, norm_bias,
+                                                                 skip, *saved, *ctx.scalars)
     d_weight, d_skip, d_bias = d_norm.unbind(0)
     conv_w_dtype, conv_b_dtype, w_qk_dtype, b_qk_dtype, norm_dtype, skip_dtype = ctx.dtypes
     return (d_up, d_conv_w.to(conv_w_dtype), d_conv_b.to(conv_b_dtype), d_w_qk.to(w_qk_dtype), d_b_qk.to(b_qk_dtype),

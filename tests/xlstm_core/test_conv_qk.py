@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.kernels.tolerances import assert_close
-from xlstm_core.conv_qk_triton import conv_qk_backward, grid_conv_qk_triton
+from xlstm_core.conv_qk_triton import conv_qk, conv_qk_backward, grid_conv_qk_triton
 from xlstm_core.grid_conv_triton import _dgrad_into
 
 NAMES = ("x", "conv_weight", "conv_bias", "w_qk", "b_qk")
@@ -38,7 +38,7 @@ def inputs(B, grid, D, K, gates, block, *, dtype=torch.float32, device="cpu", se
 
 
 def reference(t, grid, block):
-    """x_conv and qk in fp64, differentiable in every input."""
+    """x_conv and qk in fp64, differentiable in every input (and the reference dict of inputs)."""
     r = {k: v.detach().double().requires_grad_() for k, v in t.items()}
     B, T, D = r["x"].shape
     K = r["conv_weight"].shape[-1]
@@ -61,6 +61,43 @@ def test_forward_matches_reference(grid, D, K, gates, dtype):
     assert_close(qk, qk_ref, dtype, "qk")
 
 
+def training_forward(t, grid, block):
+    """`conv_qk` as the mixer runs it in training: x_conv, qk and the stored silu'(u)."""
+    silu_grad = t["x"].new_empty(t["x"].shape)
+    x_conv, qk = conv_qk(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], *grid, block, silu_grad)
+    return x_conv, qk, silu_grad
+
+
+def silu_grad_reference(t, grid):
+    """silu'(u) = s (1 + u (1 - s)), s = sigmoid(u), of the conv's pre-activation u, in fp64."""
+    B, T, D = t["x"].shape
+    image = t["x"].double().transpose(1, 2).reshape(B, D, *grid)
+    K = t["conv_weight"].shape[-1]
+    u = F.conv2d(image, t["conv_weight"].double(), t["conv_bias"].double(), padding=K // 2, groups=D)
+    u = u.flatten(2).transpose(1, 2)
+    s = torch.sigmoid(u)
+    return s * (1 + u * (1 - s))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("grid, D, K", [((3, 5), 40, 3), ((4, 5), 72, 5)])
+def test_training_forward_stores_the_silu_gradient(grid, D, K, dtype):
+    """With a silu_grad buffer the kernel also writes silu'(u) and computes the same x_conv and qk."""
+    t = inputs(2, grid, D, K, 4, 4, dtype=dtype)
+    _, x_conv_ref, qk_ref = reference(t, grid, 4)
+    x_conv, qk, silu_grad = training_forward(t, grid, 4)
+    assert_close(x_conv, x_conv_ref, dtype, "x_conv")
+    assert_close(qk, qk_ref, dtype, "qk")
+    assert_close(silu_grad, silu_grad_reference(t, grid), dtype, "silu'(u)")
+
+
+def test_training_forward_rejects_a_wrong_silu_gradient_buffer():
+    t = inputs(1, (3, 3), 48, 3, 4, 4)
+    for bad in (torch.empty(1, 9, 40), torch.empty(1, 9, 48, dtype=torch.float16), torch.empty(1, 48, 9).mT):
+        with pytest.raises(ValueError, match="silu_grad must be a dense"):
+            conv_qk(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], 3, 3, 4, bad)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("grid, D, gates, block", [((3, 5), 40, 4, 4), ((6, 7), 128, 8, 4), ((2, 9), 64, 6, 8)])
 def test_backward_matches_autograd(grid, D, gates, block, dtype):
@@ -73,11 +110,9 @@ def test_backward_matches_autograd(grid, D, gates, block, dtype):
     d_qk[..., 2 * D + gates :] = 0.0  # the cell's backward writes zeros into the padding columns
     d_x_conv = torch.randn_like(x_conv_ref)
     want = torch.autograd.grad((x_conv_ref, qk_ref), [r[n] for n in NAMES], (d_x_conv, d_qk))
-    with torch.no_grad():
-        x_conv, _ = grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], grid, block)
+    x_conv, _, silu_grad = training_forward(t, grid, block)
     du, d_conv_w, d_conv_b, d_w_qk, d_b_qk = conv_qk_backward(
-        t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], x_conv, d_qk.to(dtype), d_x_conv.to(dtype), *grid,
-        block)
+        t["x"], t["conv_weight"], t["w_qk"], x_conv, silu_grad, d_qk.to(dtype), d_x_conv.to(dtype), *grid, block)
     dx = torch.empty_like(t["x"])
     _dgrad_into(du, t["conv_weight"], *grid, dx)
     assert du.dtype == dtype and d_w_qk.dtype == torch.float32
@@ -94,9 +129,9 @@ def test_rejects_blocks_that_do_not_fit_the_tiles():
     with pytest.raises(ValueError, match="96 rows"):
         grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"][:90], t["b_qk"][:90], (3, 3), 4)
     t5 = inputs(1, (3, 3), 48, 5, 4, 4)
-    x_conv, qk = grid_conv_qk_triton(t5["x"], t5["conv_weight"], t5["conv_bias"], t5["w_qk"], t5["b_qk"], (3, 3), 4)
-    with pytest.raises(ValueError, match="3 x 3"):  # the backward's conv recompute and tap sums are 3 x 3
-        conv_qk_backward(t5["x"], t5["conv_weight"], t5["conv_bias"], t5["w_qk"], x_conv, qk, x_conv, 3, 3, 4)
+    x_conv, qk, silu_grad = training_forward(t5, (3, 3), 4)
+    with pytest.raises(ValueError, match="3 x 3"):  # the backward's tap sums are 3 x 3
+        conv_qk_backward(t5["x"], t5["conv_weight"], t5["w_qk"], x_conv, silu_grad, qk, x_conv, 3, 3, 4)
 
 
 def test_layer_inference_takes_the_fused_conv(monkeypatch):
@@ -133,10 +168,13 @@ def test_gpu_bf16_at_vil_tiny_shape():
         x_conv, qk = grid_conv_qk_triton(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], grid, 4)
     assert_close(x_conv, x_conv_ref, dtype, "x_conv")
     assert_close(qk, qk_ref, dtype, "qk")
+    silu_grad = torch.empty_like(x_conv)
+    conv_qk(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], *grid, 4, silu_grad)
+    assert_close(silu_grad, silu_grad_reference(t, grid), dtype, "silu'(u)")
     d_qk, d_x_conv = torch.randn_like(qk_ref), torch.randn_like(x_conv_ref)
     d_qk[..., 2 * D + 8 :] = 0.0
     want = torch.autograd.grad((x_conv_ref, qk_ref), [r[n] for n in NAMES], (d_x_conv, d_qk))
-    du, *grads = conv_qk_backward(t["x"], t["conv_weight"], t["conv_bias"], t["w_qk"], x_conv, d_qk.to(dtype),
+    du, *grads = conv_qk_backward(t["x"], t["conv_weight"], t["w_qk"], x_conv, silu_grad, d_qk.to(dtype),
                                   d_x_conv.to(dtype), *grid, 4)
     dx = torch.empty_like(t["x"])
     _dgrad_into(du, t["conv_weight"], *grid, dx)
