@@ -37,14 +37,20 @@ def inputs(B, grid, D, K, gates, block, *, dtype=torch.float32, device="cpu", se
     return {k: v.to(device, dtype) for k, v in t.items()}
 
 
+def pre_activation(t, grid):
+    """The depthwise conv's output u (B, T, D) on the token grid, in t's dtype (PyTorch's conv2d)."""
+    B, T, D = t["x"].shape
+    K = t["conv_weight"].shape[-1]
+    image = t["x"].transpose(1, 2).reshape(B, D, *grid)
+    u = F.conv2d(image, t["conv_weight"], t["conv_bias"], padding=K // 2, groups=D)
+    return u.flatten(2).transpose(1, 2)
+
+
 def reference(t, grid, block):
     """x_conv and qk in fp64, differentiable in every input (and the reference dict of inputs)."""
     r = {k: v.detach().double().requires_grad_() for k, v in t.items()}
-    B, T, D = r["x"].shape
-    K = r["conv_weight"].shape[-1]
-    image = r["x"].transpose(1, 2).reshape(B, D, *grid)
-    x_conv = F.silu(F.conv2d(image, r["conv_weight"], r["conv_bias"], padding=K // 2, groups=D))
-    x_conv = x_conv.flatten(2).transpose(1, 2)
+    D = r["x"].shape[-1]
+    x_conv = F.silu(pre_activation(r, grid))
     mask = block_mask(r["w_qk"].shape[0], D, block).to(x_conv.device)
     return r, x_conv, F.linear(x_conv, r["w_qk"] * mask, r["b_qk"])
 
@@ -70,11 +76,7 @@ def training_forward(t, grid, block):
 
 def silu_grad_reference(t, grid):
     """silu'(u) = s (1 + u (1 - s)), s = sigmoid(u), of the conv's pre-activation u, in fp64."""
-    B, T, D = t["x"].shape
-    image = t["x"].double().transpose(1, 2).reshape(B, D, *grid)
-    K = t["conv_weight"].shape[-1]
-    u = F.conv2d(image, t["conv_weight"].double(), t["conv_bias"].double(), padding=K // 2, groups=D)
-    u = u.flatten(2).transpose(1, 2)
+    u = pre_activation({k: v.double() for k, v in t.items()}, grid)
     s = torch.sigmoid(u)
     return s * (1 + u * (1 - s))
 
