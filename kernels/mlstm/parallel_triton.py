@@ -656,6 +656,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, igate, fgate, sig, _, _ = inputs
     h, g, mx, alpha, gamma = output
     ctx.sig = sig
+    ctx.set_materialize_grads(False)  # the rows never leave the op: no zero gradients for them in eager autograd
     ctx.save_for_backward(q, k, v, igate, fgate, h, g, mx, alpha, gamma)
 
 
@@ -727,6 +728,7 @@ def _(dh, qk, v, h, g, mx, alpha, gamma, num_heads, dk, dv, sig):
 
 def _packed_setup_context(ctx, inputs, output):
     qk, v, ctx.num_heads, ctx.dk, ctx.dv, ctx.sig, _, _ = inputs
+    ctx.set_materialize_grads(False)  # as `_setup_context`
     ctx.save_for_backward(qk, v, *output)
 
 

@@ -99,6 +99,20 @@ def test_mixer_with_heads_wider_than_the_whole_head_kernels():
     check(1, (3, 4), 1, 80, "sig")
 
 
+def test_mixer_backward_fills_no_zero_gradients_for_its_residuals():
+    """Only y leaves `mixer_triton`; the op's other outputs are residuals for its backward. Eager autograd must not
+    form zero gradients for them (eight tensors, four of them of x_conv's size or more). The one zeros call left
+    is the q / k weight gradient's buffer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t, v_width = inputs(1, (3, 4), 2, 16)
+    y = mixer_triton(t["up"], t["conv_weight"], t["conv_bias"], t["w_qk"], t["b_qk"], t["norm_weight"],
+                     t["norm_bias"], t["skip"], (3, 4), BLOCK, 2, v_width, "exp", 1e-6)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y.sum().backward()
+    assert sum(e.name == "aten::zeros" for e in prof.events()) <= 1
+
+
 def test_mixer_rejects_other_conv_sizes():
     t, v_width = inputs(1, (3, 3), 2, 16)
     with pytest.raises(ValueError, match="3 x 3"):
