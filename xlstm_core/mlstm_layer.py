@@ -98,17 +98,21 @@ def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
 BIAS_COLUMNS = 8
 
 
-def _up_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _up_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   x_ones: torch.Tensor | None = None) -> torch.Tensor:
     """`_linear_2d(x, weight, bias)`; in training the bias rides in the GEMM as a weight column over an input column
     of ones, so that the weight-gradient GEMM, which reads the output gradient anyway, also forms the bias gradient.
     Autograd's linear sums that gradient in a pass of its own: at ViL-T (1,216 columns, batch 256) 40 us per block on
     an H100. The wider input costs a pass of its own too (inductor writes it apart from the LayerNorm) and the
     weight-gradient GEMM takes other tiles; net, the compiled ViL-T training step went 39.3 -> 38.6 ms of GPU time
     and 1.0-1.5% more img/s with CUDA graphs; ViL-S and ViL-B did not change (within 0.4%;
-    benchmarks/results/vil_ab_s21.json)."""
+    benchmarks/results/vil_ab_s21.json). `x_ones`: that wider input where the caller wrote it already (the block
+    stack's add + LayerNorm op writes the ones with the normalised x)."""
     if bias is None or not torch.is_grad_enabled():
         return _linear_2d(x, weight, bias)
-    x_ones = F.pad(x.reshape(-1, x.shape[-1]), (0, BIAS_COLUMNS), value=1.0)
+    if x_ones is None:
+        x_ones = F.pad(x.reshape(-1, x.shape[-1]), (0, BIAS_COLUMNS), value=1.0)
+    x_ones = x_ones.reshape(-1, x.shape[-1] + BIAS_COLUMNS)
     w_bias = F.pad(torch.cat([weight, bias[:, None]], dim=1), (0, BIAS_COLUMNS - 1))
     return F.linear(x_ones, w_bias).unflatten(0, x.shape[:-1])
 
@@ -267,14 +271,16 @@ class mLSTMPreUpLayer(nn.Module):
                 and resolve_backend(self.cfg.backend, qk.device, qk.dtype) == "triton")
 
     def forward(self, x: torch.Tensor, state: LayerState | None = None, return_state: bool = False,
-                grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None):
+                grid: tuple[int, int] | None = None, folded: FoldedWeights | None = None,
+                x_ones: torch.Tensor | None = None):
         """`folded`: this layer's folded weights where the caller computed them (`fold_weights`), else the layer
-        folds (or reuses) its own."""
+        folds (or reuses) its own. `x_ones`: x followed by BIAS_COLUMNS columns of ones (B, T, E + BIAS_COLUMNS),
+        where the caller wrote them (`_up_projection`)."""
         NH, inner = self.cfg.num_heads, self.cfg.inner_dim
         packed = self._takes_packed_path(x, state, return_state)
         if packed:
             folded = self._folded_weights() if folded is None else folded
-            up = _up_projection(x, folded.w_up, folded.b_up)  # [x_inner | z | v | gate shares of v | padding]
+            up = _up_projection(x, folded.w_up, folded.b_up, x_ones)  # [x_inner | z | v | gate shares | padding]
             if self._takes_fused_mixer(up, grid):
                 from xlstm_core.mixer_triton import mixer_triton
 

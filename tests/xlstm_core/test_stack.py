@@ -105,3 +105,36 @@ def test_config_errors(kw, message):
 def test_input_shape_error():
     with pytest.raises(ValueError, match=r"expected input \(B, T, 32\)"):
         make_stack()(torch.randn(2, 5, 16))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_residual_norms_match_the_blocks(monkeypatch, train):
+    """On the Triton backend a pre-up stack adds each block's output and applies the next LayerNorm in one op
+    (xlstm_core/add_norm_triton.py), its reversed blocks by row order: the same output and gradients as the blocks'
+    own adds, norms and flips. Training with DropPath (the same random draws), inference without."""
+    from vision.vil import VisionLSTM
+    from xlstm_core import add_norm_triton
+
+    calls = []
+    fused = add_norm_triton.add_norm
+    monkeypatch.setattr(add_norm_triton, "add_norm", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    torch.manual_seed(0)
+    model = VisionLSTM(img_size=32, patch_size=8, embed_dim=32, depth=3, num_classes=5, backend="triton",
+                       drop_path_rate=0.5).train(train)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(4, 3, 32, 32)
+    outputs, grads = [], []
+    for fuse in (True, False):
+        monkeypatch.setattr(xLSTMBlockStack, "_fuses_residual_norms", lambda self, x, fuse=fuse: fuse)
+        torch.manual_seed(1)
+        with torch.set_grad_enabled(train):
+            y = model(x)
+        outputs.append(y)
+        if train:
+            grads.append(torch.autograd.grad(y.square().sum(), list(model.parameters())))
+    assert len(calls) == 4  # the first norm, then one per block
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
