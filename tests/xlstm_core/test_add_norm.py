@@ -86,15 +86,15 @@ def test_rejects_bad_inputs():
         add_norm(t["x"], t["y"], t["weight"], t["bias"], 1e-5, ones=9)
     with pytest.raises(ValueError, match=r"\(40,\) vectors"):
         add_norm(t["x"], t["y"], t["weight"][:8], t["bias"], 1e-5)
-    wide = torch.randn(1, 2, 1100)
-    with pytest.raises(ValueError, match="at most 1024 features"):
-        add_norm(wide, wide, torch.ones(1100), None, 1e-5)
+    wide = torch.randn(1, 2, 600)
+    with pytest.raises(ValueError, match="at most 512 features"):
+        add_norm(wide, wide, torch.ones(600), None, 1e-5)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("width", [192, 384, 768])
+@pytest.mark.parametrize("width", [192, 384])
 def test_gpu_bf16_at_vil_widths(width):
-    """ViL-T/S/B's residual streams (batch 32, 196 tokens; each row of the tile table): fp32 x, bf16 y and out, both
+    """ViL-T/S's residual streams (batch 32, 196 tokens; each row of the tile table): fp32 x, bf16 y and out, both
     flips, ones and DropPath's factors; then the final norm's case (fp32 out, no x_new gradient)."""
     check(case(32, 196, width, y_dtype=torch.bfloat16, scale=True, seed=5), True, True, ones=8,
           out_dtype=torch.bfloat16, device="cuda")

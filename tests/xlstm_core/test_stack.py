@@ -138,3 +138,14 @@ def test_fused_residual_norms_match_the_blocks(monkeypatch, train):
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_residual_norms_only_where_the_op_applies():
+    """Pre-up blocks with LayerNorms on the Triton backend take the fused op up to its widths; sLSTM (post-up)
+    blocks, the PyTorch backend and wider streams keep the blocks' own adds and norms."""
+    kw = dict(num_blocks=2, slstm_at=[], mlstm_block="pre_up", final_norm=True, backend="triton")
+    x = torch.randn(1, 3, 32)
+    assert make_stack(**kw)._fuses_residual_norms(x)
+    assert not make_stack(**{**kw, "backend": "torch"})._fuses_residual_norms(x)
+    assert not make_stack(**{**kw, "slstm_at": [1]})._fuses_residual_norms(x)
+    assert not make_stack(**{**kw, "embedding_dim": 640, "num_heads": 4})._fuses_residual_norms(torch.randn(1, 3, 640))
