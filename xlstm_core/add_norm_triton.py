@@ -149,7 +149,7 @@ def _backward(g_x_new: torch.Tensor | None, g_out: torch.Tensor, x_new: torch.Te
     """d x (x_new's dtype), d y (y_dtype; empty without y) and the fp32 weight and bias gradients stacked (2, D)."""
     B, T, D = x_new.shape
     N = B * T
-    g_out = g_out if g_out.is_contiguous() else g_out.contiguous()
+    g_out = g_out.contiguous()
     g_x = torch.empty_like(x_new)
     g_y = x_new.new_empty(B, T, D, dtype=y_dtype) if has_y else x_new.new_empty(0)
     br, steps, warps = _tiles("bwd", D)

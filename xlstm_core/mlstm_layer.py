@@ -110,9 +110,8 @@ def _up_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     stack's add + LayerNorm op writes the ones with the normalised x)."""
     if bias is None or not torch.is_grad_enabled():
         return _linear_2d(x, weight, bias)
-    if x_ones is None:
-        x_ones = F.pad(x.reshape(-1, x.shape[-1]), (0, BIAS_COLUMNS), value=1.0)
-    x_ones = x_ones.reshape(-1, x.shape[-1] + BIAS_COLUMNS)
+    x_ones = (F.pad(x.reshape(-1, x.shape[-1]), (0, BIAS_COLUMNS), value=1.0) if x_ones is None
+              else x_ones.reshape(-1, x.shape[-1] + BIAS_COLUMNS))
     w_bias = F.pad(torch.cat([weight, bias[:, None]], dim=1), (0, BIAS_COLUMNS - 1))
     return F.linear(x_ones, w_bias).unflatten(0, x.shape[:-1])
 

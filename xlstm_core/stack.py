@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath
+from timm.layers import DropPath, drop_path
 from torch import nn
 
 from kernels.dispatch import resolve_backend
@@ -108,11 +108,9 @@ class xLSTMBlockStack(nn.Module):
         return y.squeeze(1), state
 
 
-def _drop_path_scale(drop_path: nn.Module, y: torch.Tensor) -> torch.Tensor | None:
-    """timm DropPath's per-sample factor (B,) for y, drawn as its forward draws it (the same random numbers), or None
-    where every sample is kept (no DropPath, eval mode, rate 0)."""
-    if not isinstance(drop_path, DropPath) or not drop_path.training or drop_path.drop_prob == 0.0:
+def _drop_path_scale(module: nn.Module, y: torch.Tensor) -> torch.Tensor | None:
+    """timm DropPath's per-sample factor (B,) for y: timm's drop_path on ones, which draws the same random numbers as
+    the module's forward on y; None where every sample is kept (no DropPath, eval mode, rate 0)."""
+    if not isinstance(module, DropPath) or not module.training or module.drop_prob == 0.0:
         return None
-    keep = 1.0 - drop_path.drop_prob
-    scale = y.new_empty(y.shape[0]).bernoulli_(keep)
-    return scale.div_(keep) if keep > 0.0 and drop_path.scale_by_keep else scale
+    return drop_path(y.new_ones(y.shape[0]), module.drop_prob, True, module.scale_by_keep)
