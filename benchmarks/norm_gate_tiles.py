@@ -3,8 +3,9 @@ shape (ViL-T's by default; `--shape 256 196 4 192` for ViL-S's heads, `128 196 4
 
 196 tokens, bf16, z a column slice of the up-projection's output (its width from the layer,
 `benchmarks.common.packed_layer_widths`: 1,216 at ViL-T) and x_skip dense, as the compiled layer hands them over.
-Each candidate (tokens per program, warps) is timed on the whole op (the backward's with its partial-sum reduction),
-its outputs compared with the pinned config's; the pinned config is the baseline measured in the same run.
+Each candidate (tokens per block, the backward's blocks per program, warps) is timed on the whole op (the backward's
+with its partial-sum reduction), its outputs compared with the pinned config's; the pinned config is the baseline
+measured in the same run.
 Prints a table and writes JSON (results schema of DESIGN.md).
 
     python -m benchmarks.norm_gate_tiles [--out benchmarks/results/norm_gate_bwd_sweep.json]
@@ -18,7 +19,9 @@ import torch
 
 from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
 
-CANDIDATES = list(itertools.product((4, 8, 16, 32), (1, 2, 4)))
+# (tokens per block, warps) of the forward; (tokens per block, blocks per program, warps) of the backward.
+CANDIDATES = {"fwd": list(itertools.product((4, 8, 16, 32), (1, 2, 4))),
+              "bwd": list(itertools.product((4, 8, 16, 32), (1, 2, 4, 7, 13), (1, 2)))}
 
 
 def _inputs(B: int, T: int, NH: int, DH: int):
@@ -30,7 +33,7 @@ def _inputs(B: int, T: int, NH: int, DH: int):
     return rand(B, T, inner).bfloat16(), h, x_skip, up[..., inner : 2 * inner], params
 
 
-def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
+def sweep(B: int, T: int, NH: int, DH: int, cases=("fwd", "bwd")) -> list[dict]:
     """Rows of op time (GPU ms per op from CUDA-graph replays) and relative error per candidate, for the forward and
     the backward op; the other kernel keeps its pin."""
     from xlstm_core import norm_gate_triton as ng
@@ -39,18 +42,18 @@ def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
     ops = {"fwd": lambda: [ng._forward(h, x_skip, z, weight, bias, skip, 1e-6)],
            "bwd": lambda: ng._backward(dy, h, x_skip, z, weight, bias, skip, 1e-6)}
     shape, pinned_table = f"B{B}-T{T}-NH{NH}-DH{DH}", ng.TILES
-    pinned = {case: ng._launch(case, DH) for case in ops}
+    pinned = {case: next(tiles[case] for bound, tiles in ng.TILES if sum(ng.head_parts(DH, DH)) <= bound)
+              for case in ops}
     rows = []
-    for case, op in ops.items():
+    for case in cases:
+        op = ops[case]
         reference = [t.clone() for t in op()]
-        for block, warps in CANDIDATES:
-            tiles = {c: (p["BLOCK"], p["num_warps"]) for c, p in pinned.items()} | {case: (block, warps)}
-            ng.TILES = ((1 << 30, tiles),)
+        for tile in CANDIDATES[case]:
+            ng.TILES = ((1 << 30, pinned | {case: tile}),)
             err = max_rel_err(op(), reference)
             ms = graph_ms(op)
             rows.append(row("ours:triton", f"norm_gate_{case}:{shape}", f"{case}_time", round(ms, 4), "ms",
-                            BLOCK=block, num_warps=warps, rel_err_vs_pinned=round(err, 7),
-                            pinned=(block, warps) == (pinned[case]["BLOCK"], pinned[case]["num_warps"])))
+                            tile=list(tile), rel_err_vs_pinned=round(err, 7), pinned=tile == pinned[case]))
         ng.TILES = pinned_table
     return rows
 
@@ -58,19 +61,21 @@ def sweep(B: int, T: int, NH: int, DH: int) -> list[dict]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/norm_gate_bwd_sweep.json")
+    parser.add_argument("--cases", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     parser.add_argument("--shape", nargs=4, type=int, default=[256, 196, 4, 96], metavar=("B", "T", "NH", "DH"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
-    rows = sweep(*args.shape)
-    print(f"{'op':>4s} {'BLOCK':>5s} {'warps':>5s} {'ms':>8s} {'err vs pin':>10s}")
+    rows = sweep(*args.shape, cases=args.cases)
+    print(f"{'op':>4s} {'tile':>12s} {'ms':>8s} {'err vs pin':>10s}")
     for r in sorted(rows, key=lambda r: (r["metric"], r["value"])):
         mark = "  (pinned)" if r["pinned"] else ""
-        print(f"{r['metric'][:3]:>4s} {r['BLOCK']:5d} {r['num_warps']:5d} {r['value']:8.4f} "
+        print(f"{r['metric'][:3]:>4s} {str(tuple(r['tile'])):>12s} {r['value']:8.4f} "
               f"{r['rel_err_vs_pinned']:10.2e}{mark}")
     path = write_results(args.out, rows, note=(
         "norm-skip-gate chain ops (xlstm_core/norm_gate_triton._forward / _backward, the latter with its partial-sum "
-        "reduction), bf16; BLOCK tokens per program; backward memory floor ~0.09 ms at ViL-T's shape."))
+        "reduction), bf16; tile: (tokens per block, warps) forward, (tokens per block, blocks per program, warps) "
+        "backward; backward memory floor ~0.09 ms at ViL-T's shape."))
     print(f"wrote {path}")
 
 

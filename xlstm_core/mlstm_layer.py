@@ -325,6 +325,21 @@ class mLSTMPreUpLayer(nn.Module):
         return (y, LayerState(conv_state, cell_state)) if return_state else y
 
 
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous. A parameter read through a stack or a transposed cat
+    gets its gradient as a strided slice, which AccumulateGrad copies into the parameter's layout outside the
+    compiled graph: 120 copies per ViL-T training step (the q / k / v blocks and the gate weights). Made here, the
+    copy is part of the graph."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def fold_weights(layers: Sequence[mLSTMPreUpLayer]) -> list[FoldedWeights]:
     """The folded weights (`FoldedWeights`) of pre-up layers of one configuration, computed for all of them at once:
     the fold is ~14 small kernels forward (and about as many backward), so a stack that folds per layer at every
@@ -336,9 +351,10 @@ def fold_weights(layers: Sequence[mLSTMPreUpLayer]) -> list[FoldedWeights]:
     cfg = layers[0].cfg
     inner, NH = cfg.inner_dim, cfg.num_heads
     stack = lambda get: torch.stack([get(layer) for layer in layers])
-    blocks = stack(lambda m: torch.stack([m.q.weight, m.k.weight, m.v.weight], dim=2))  # (L, n, d, 3, e)
-    w_qk, w_v = block_diagonal(blocks, batch_dims=1).split([2 * inner, inner], dim=-1)
-    gate_w = stack(lambda m: torch.cat([m.igate.weight, m.fgate.weight])).mT  # (L, 3 inner, 2 NH): rows read q, k, v
+    dense = _DenseGrad.apply
+    blocks = stack(lambda m: torch.stack([dense(m.q.weight), dense(m.k.weight), dense(m.v.weight)], dim=2))
+    w_qk, w_v = block_diagonal(blocks, batch_dims=1).split([2 * inner, inner], dim=-1)  # blocks: (L, n, d, 3, e)
+    gate_w = stack(lambda m: torch.cat([dense(m.igate.weight), dense(m.fgate.weight)])).mT  # (L, 3 inner, 2 NH)
     g_qk, g_v = gate_w.split([2 * inner, inner], dim=-2)
     w_conv = torch.cat([w_qk, w_qk @ g_qk], dim=-1)  # (L, inner, 2 inner + 2 NH)
     w_inner = torch.cat([w_v, w_v @ g_v], dim=-1)  # (L, inner, inner + 2 NH)

@@ -5,9 +5,9 @@
 Forward and backward each read their inputs once and write their outputs once (bf16 in, fp32 statistics and
 arithmetic, outputs in the inputs' dtypes); the PyTorch chain runs ~8 kernels forward and ~15 backward with fp32
 intermediates. One program takes a few tokens (TILES) of one image and one head, whose DH features it holds as two
-power-of-two parts (96 = 64 + 32) so that no lane works on padding; the backward recomputes the statistics from h
-instead of storing them, and writes per-program partial sums of the three per-feature parameter gradients, which one
-torch sum reduces.
+power-of-two parts (96 = 64 + 32) so that no lane works on padding; a backward program may walk several such blocks.
+The backward recomputes the statistics from h instead of storing them, and writes per-program partial sums of the
+three per-feature parameter gradients, which one torch sum reduces.
 
 Every tensor is addressed through (batch, token, feature) strides, so the layer's views are read as they are: z, a
 chunk of the up-projection (token stride 2 * inner), and x_skip, which the depthwise grid conv leaves channel-major.
@@ -20,17 +20,21 @@ import triton.language as tl
 
 from kernels.mlstm.parallel_triton import head_parts
 
-# Tokens per program and warps of each kernel, by head width (the first bound at or above the two parts' sum), from
-# H100 sweeps at ViL-T/S/B's heads (96, 192, 384; batch 256/256/128, 196 tokens, bf16, z in the up-projection's
-# layout; `python -m benchmarks.norm_gate_tiles --shape ...`, session 20, benchmarks/results/norm_gate_parts_s20.json;
-# GPU time per op from CUDA-graph replays). A backward program (one warp) holds ~1.5K features (16 x 96, 8 x 192,
-# 4 x 384); wider ones spill (16 x 384 took 2.4 ms). Widths between and beyond those three were not swept: they take
-# the next row, i.e. at most that many features per warp (the last row extends the rule to 2 x 768). Against the
-# kernels before, which padded a head to a power of two (96 -> 128 lanes) and took one pin for all widths, forward /
+# Tokens per program (the forward) or per block (the backward), the backward's blocks per program, and warps, by
+# head width (the first bound at or above the two parts' sum), from H100 sweeps at ViL-T/S/B's heads (96, 192, 384;
+# batch 256/256/128, 196 tokens, bf16, z in the up-projection's layout; `python -m benchmarks.norm_gate_tiles --shape
+# ...`, sessions 20 and 26, benchmarks/results/norm_gate_parts_s20.json and vil_ab_s26.json; GPU time per op
+# from CUDA-graph replays). A backward program (one warp) holds ~1.5K features per block (16 x 96, 8 x 192, 4 x 384);
+# wider ones spill (16 x 384 took 2.4 ms). Widths between and beyond those three were not swept: they take the next
+# row, i.e. at most that many features per warp (the last row extends the rule to 2 x 768). Against the kernels
+# before, which padded a head to a power of two (96 -> 128 lanes) and took one pin for all widths, forward /
 # backward per op went 0.060 / 0.190 -> 0.059 / 0.161 (ViL-T), 0.135 / 0.506 -> 0.111 / 0.352 (ViL-S) and 0.152 /
-# 0.972 -> 0.108 / 0.337 ms (ViL-B).
-TILES = ((96, {"fwd": (8, 2), "bwd": (16, 1)}), (192, {"fwd": (4, 2), "bwd": (8, 1)}),
-         (384, {"fwd": (4, 4), "bwd": (4, 1)}), (1 << 30, {"fwd": (4, 4), "bwd": (2, 1)}))
+# 0.972 -> 0.108 / 0.337 ms (ViL-B). Session 26, the backward with blocks per program: at ViL-S 0.351 -> 0.317 ms
+# at the same tile (the kernel's new form alone; the cause was not isolated), at ViL-B 0.337 -> 0.310 (25 blocks of
+# 2 tokens per program, 13x fewer partial sums); ViL-T's unchanged (0.160; several blocks per program lost there,
+# 0.174 ms at best).
+TILES = ((96, {"fwd": (8, 2), "bwd": (16, 1, 1)}), (192, {"fwd": (4, 2), "bwd": (8, 1, 1)}),
+         (384, {"fwd": (4, 4), "bwd": (2, 25, 1)}), (1 << 30, {"fwd": (4, 4), "bwd": (2, 1, 1)}))
 
 
 @triton.jit
@@ -46,12 +50,18 @@ def _tile_coords(T, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _part(t, T, hd, DH, OFF: tl.constexpr, X: tl.constexpr):
+def _features(hd, DH, OFF: tl.constexpr, X: tl.constexpr):
     """Features [OFF, OFF + X) of head hd (`kernels.mlstm.parallel_triton.head_parts`: 96 = 64 + 32, so no lane
-    works on padding), their mask and the tile's."""
+    works on padding) and their mask."""
     d = OFF + tl.arange(0, X)
-    mask_d = d < DH
-    return hd * DH + d, mask_d, (t < T)[:, None] & mask_d[None, :]
+    return hd * DH + d, d < DH
+
+
+@triton.jit
+def _part(t, T, hd, DH, OFF: tl.constexpr, X: tl.constexpr):
+    """A part's features (`_features`), their mask and the mask of its tile at tokens t."""
+    f, mask_d = _features(hd, DH, OFF, X)
+    return f, mask_d, (t < T)[:, None] & mask_d[None, :]
 
 
 @triton.jit
@@ -105,58 +115,83 @@ def _fwd_kernel(H, XS, Z, W, BIAS, SKIP, Y, T, DH, eps, sh_b, sh_t, sx_b, sx_t, 
 
 
 @triton.jit
-def _bwd_gate(xhat, xs, z, w, skip, bias, dy, DXS, DZ, PART, b, t, f, mask_d, mask, out, part, rows, sdz_b, sdz_t):
-    """One part's gradients through the gate and the skip (dz and d x_skip stored, the parameter partial sums too);
-    returns d xhat."""
+def _bwd_gate(xhat, xs, z, w, skip, bias, dy, DXS, DZ, b, t, f, mask, out, sdz_b, sdz_t):
+    """One part's gradients through the gate and the skip (dz and d x_skip stored); returns d xhat and the part's
+    column sums of the three parameter gradients' terms (weight, skip, bias)."""
     sig = tl.sigmoid(z)
     dpre = dy * z * sig
     dz = dy * _pre_gate(xhat, xs, w, skip, bias) * sig * (1.0 + z * (1.0 - sig))
     tl.store(DZ + b * sdz_b + t[:, None] * sdz_t + f[None, :], dz.to(DZ.dtype.element_ty), mask=mask)
     tl.store(DXS + out + f[None, :], (dpre * skip[None, :]).to(DXS.dtype.element_ty), mask=mask)
-    tl.store(PART + part + f, tl.sum(dpre * xhat, axis=0), mask=mask_d)
-    tl.store(PART + part + rows + f, tl.sum(dpre * xs, axis=0), mask=mask_d)
-    tl.store(PART + part + 2 * rows + f, tl.sum(dpre, axis=0), mask=mask_d)
-    return dpre * w[None, :]
+    return dpre * w[None, :], tl.sum(dpre * xhat, axis=0), tl.sum(dpre * xs, axis=0), tl.sum(dpre, axis=0)
+
+
+@triton.jit
+def _store_sums(ptr, f, mask_d, s_w, s_skip, s_b, rows):
+    """A part's three column sums (weight, skip, bias) at features f of a program's partial-sum rows."""
+    tl.store(ptr + f, s_w, mask=mask_d)
+    tl.store(ptr + rows + f, s_skip, mask=mask_d)
+    tl.store(ptr + 2 * rows + f, s_b, mask=mask_d)
 
 
 @triton.jit
 def _bwd_kernel(DY, H, XS, Z, W, BIAS, SKIP, DH_OUT, DXS, DZ, PART, T, DH, INNER, eps, sdy_b, sdy_t, sh_b, sh_t,
                 sx_b, sx_t, sx_f, sz_b, sz_t, sdz_b, sdz_t, HAS_BIAS: tl.constexpr, XA: tl.constexpr,
-                XB: tl.constexpr, BLOCK: tl.constexpr):
-    b, tb, hd, t = _tile_coords(T, BLOCK)
-    f1, mask_d1, mask1 = _part(t, T, hd, DH, 0, XA)
-    f2, mask_d2, mask2 = _part(t, T, hd, DH, XA, XB)
-    h1, h2 = _load(H, b, t, f1, mask1, sh_b, sh_t, 1), _load(H, b, t, f2, mask2, sh_b, sh_t, 1)
+                XB: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+    """STEPS blocks of BLOCK tokens of one image and head; the parameter gradients' sums over them go to PART
+    (3, B * programs per image, inner) as weight, skip, bias. With one block per program each part's sums are stored
+    as soon as it has them: held to the end, as the loop holds them, they took ViL-T's op (16 tokens per program)
+    from 0.160 to 0.198 ms (H100, Triton 3.6)."""
+    b, tb, hd = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     strides = (sx_b, sx_t, sx_f, sz_b, sz_t)
-    xs1, z1, w1, skip1, bias1 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f1, mask_d1, mask1, *strides, HAS_BIAS)
-    xs2, z2, w2, skip2, bias2 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f2, mask_d2, mask2, *strides, HAS_BIAS)
-    dy1, dy2 = _load(DY, b, t, f1, mask1, sdy_b, sdy_t, 1), _load(DY, b, t, f2, mask2, sdy_b, sdy_t, 1)
-    xhat1, xhat2, rstd = _normalise(h1, h2, mask1, mask2, DH, eps)
-    out = b * T * INNER + t[:, None] * INNER  # dh and d x_skip are stored (B, T, inner)
-    part = (b * tl.num_programs(1) + tb) * INNER  # (3, B * token blocks, inner): w, skip, bias
-    rows = tl.num_programs(0) * tl.num_programs(1) * INNER
-    dxhat1 = _bwd_gate(xhat1, xs1, z1, w1, skip1, bias1, dy1, DXS, DZ, PART, b, t, f1, mask_d1, mask1, out, part,
-                       rows, sdz_b, sdz_t)
-    dxhat2 = _bwd_gate(xhat2, xs2, z2, w2, skip2, bias2, dy2, DXS, DZ, PART, b, t, f2, mask_d2, mask2, out, part,
-                       rows, sdz_b, sdz_t)
-    mean_dxhat = (tl.sum(dxhat1, axis=1) + tl.sum(dxhat2, axis=1)) / DH
-    mean_dxhat_xhat = (tl.sum(dxhat1 * xhat1, axis=1) + tl.sum(dxhat2 * xhat2, axis=1)) / DH
-    dh1 = rstd[:, None] * (dxhat1 - mean_dxhat[:, None] - xhat1 * mean_dxhat_xhat[:, None])
-    dh2 = rstd[:, None] * (dxhat2 - mean_dxhat[:, None] - xhat2 * mean_dxhat_xhat[:, None])
-    tl.store(DH_OUT + out + f1[None, :], dh1.to(DH_OUT.dtype.element_ty), mask=mask1)
-    tl.store(DH_OUT + out + f2[None, :], dh2.to(DH_OUT.dtype.element_ty), mask=mask2)
+    part = PART + (b * tl.num_programs(1) + tb) * INNER
+    rows = INNER * tl.num_programs(0) * tl.num_programs(1)
+    d_w1, d_skip1, d_b1 = tl.zeros((XA,), tl.float32), tl.zeros((XA,), tl.float32), tl.zeros((XA,), tl.float32)
+    d_w2, d_skip2, d_b2 = tl.zeros((XB,), tl.float32), tl.zeros((XB,), tl.float32), tl.zeros((XB,), tl.float32)
+    f1, mask_d1 = _features(hd, DH, 0, XA)
+    f2, mask_d2 = _features(hd, DH, XA, XB)
+    for step in range(STEPS):
+        t = (tb * STEPS + step) * BLOCK + tl.arange(0, BLOCK)
+        mask1, mask2 = (t < T)[:, None] & mask_d1[None, :], (t < T)[:, None] & mask_d2[None, :]
+        h1, h2 = _load(H, b, t, f1, mask1, sh_b, sh_t, 1), _load(H, b, t, f2, mask2, sh_b, sh_t, 1)
+        xs1, z1, w1, skip1, bias1 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f1, mask_d1, mask1, *strides, HAS_BIAS)
+        xs2, z2, w2, skip2, bias2 = _gate_inputs(XS, Z, W, BIAS, SKIP, b, t, f2, mask_d2, mask2, *strides, HAS_BIAS)
+        dy1, dy2 = _load(DY, b, t, f1, mask1, sdy_b, sdy_t, 1), _load(DY, b, t, f2, mask2, sdy_b, sdy_t, 1)
+        xhat1, xhat2, rstd = _normalise(h1, h2, mask1, mask2, DH, eps)
+        out = b * T * INNER + t[:, None] * INNER  # dh and d x_skip are stored (B, T, inner)
+        dxhat1, s_w1, s_skip1, s_b1 = _bwd_gate(xhat1, xs1, z1, w1, skip1, bias1, dy1, DXS, DZ, b, t, f1, mask1, out,
+                                                sdz_b, sdz_t)
+        if STEPS == 1:
+            _store_sums(part, f1, mask_d1, s_w1, s_skip1, s_b1, rows)
+        dxhat2, s_w2, s_skip2, s_b2 = _bwd_gate(xhat2, xs2, z2, w2, skip2, bias2, dy2, DXS, DZ, b, t, f2, mask2, out,
+                                                sdz_b, sdz_t)
+        if STEPS == 1:
+            _store_sums(part, f2, mask_d2, s_w2, s_skip2, s_b2, rows)
+        else:
+            d_w1, d_skip1, d_b1 = d_w1 + s_w1, d_skip1 + s_skip1, d_b1 + s_b1
+            d_w2, d_skip2, d_b2 = d_w2 + s_w2, d_skip2 + s_skip2, d_b2 + s_b2
+        mean_dxhat = (tl.sum(dxhat1, axis=1) + tl.sum(dxhat2, axis=1)) / DH
+        mean_dxhat_xhat = (tl.sum(dxhat1 * xhat1, axis=1) + tl.sum(dxhat2 * xhat2, axis=1)) / DH
+        dh1 = rstd[:, None] * (dxhat1 - mean_dxhat[:, None] - xhat1 * mean_dxhat_xhat[:, None])
+        dh2 = rstd[:, None] * (dxhat2 - mean_dxhat[:, None] - xhat2 * mean_dxhat_xhat[:, None])
+        tl.store(DH_OUT + out + f1[None, :], dh1.to(DH_OUT.dtype.element_ty), mask=mask1)
+        tl.store(DH_OUT + out + f2[None, :], dh2.to(DH_OUT.dtype.element_ty), mask=mask2)
+    if STEPS > 1:
+        _store_sums(part, f1, mask_d1, d_w1, d_skip1, d_b1, rows)
+        _store_sums(part, f2, mask_d2, d_w2, d_skip2, d_b2, rows)
 
 
-def _grid(h: torch.Tensor, block: int) -> tuple[int, int, int]:
+def _grid(h: torch.Tensor, block: int, steps: int = 1) -> tuple[int, int, int]:
     B, T, NH, _ = h.shape
-    return B, triton.cdiv(T, block), NH
+    return B, triton.cdiv(triton.cdiv(T, block), steps), NH
 
 
 def _launch(case: str, dh: int) -> dict[str, int]:
-    """Kernel arguments of a launch: the head's two feature parts (XA, XB), tokens per program and warps."""
+    """Kernel arguments of a launch: the head's two feature parts (XA, XB), tokens per block, the backward's blocks
+    per program (STEPS) and warps."""
     xa, xb = head_parts(dh, dh)
-    block, warps = next(tiles[case] for bound, tiles in TILES if xa + xb <= bound)
-    return dict(XA=xa, XB=xb, BLOCK=block, num_warps=warps)
+    *tiles, warps = next(tiles[case] for bound, tiles in TILES if xa + xb <= bound)
+    return dict(XA=xa, XB=xb, BLOCK=tiles[0], num_warps=warps) | (dict(STEPS=tiles[1]) if case == "bwd" else {})
 
 
 @torch.library.custom_op("xlstm_kit::norm_skip_gate_fwd", mutates_args=())
@@ -188,7 +223,7 @@ def backward_into(dy: torch.Tensor, h: torch.Tensor, x_skip: torch.Tensor, z: to
     if dy.stride(-1) != 1:
         dy = dy.contiguous()
     launch = _launch("bwd", DH)
-    grid = _grid(h, launch["BLOCK"])
+    grid = _grid(h, launch["BLOCK"], launch["STEPS"])
     dh = torch.empty_like(h, memory_format=torch.contiguous_format)
     dxs = x_skip.new_empty(B, T, NH * DH)
     part = h.new_empty(3, B * grid[1], NH * DH, dtype=torch.float32)

@@ -38,3 +38,26 @@ def test_training_form_puts_the_bias_in_the_gemm(monkeypatch):
     _up_projection(x, weight, None)
     assert calls == [((10, 12 + BIAS_COLUMNS), True), ((10, 12), False), ((10, 12), True)]
 
+
+
+def test_folded_weights_hand_every_parameter_a_gradient_in_its_own_layout():
+    """The fold reads the q / k / v blocks through a stack and the gate weights through a transposed cat; their
+    gradients must still arrive in the parameters' (contiguous) layout, or AccumulateGrad copies each one outside a
+    compiled graph (120 copies per ViL-T training step)."""
+    from xlstm_core.config import xLSTMBlockStackConfig
+    from xlstm_core.mlstm_layer import fold_weights, mLSTMPreUpLayer
+
+    cfg = xLSTMBlockStackConfig(embedding_dim=16, num_heads=2, num_blocks=2, conv_mode="grid2d", conv_kernel_size=3,
+                                dense_qkv=True, bias=True)
+    torch.manual_seed(0)
+    layers = [mLSTMPreUpLayer(cfg) for _ in range(2)]
+    arriving = {}
+    for i, layer in enumerate(layers):
+        for name, p in layer.named_parameters():
+            p.register_hook(lambda g, key=f"{i}.{name}", p=p: arriving.update({key: (g.stride(), p.stride())}))
+    folded = fold_weights(layers)
+    sum(t.square().sum() for f in folded for t in f if t is not None).backward()
+    for name in ("q.weight", "k.weight", "v.weight", "igate.weight", "fgate.weight"):
+        assert f"0.{name}" in arriving, name
+    wrong = {key: strides for key, strides in arriving.items() if strides[0] != strides[1]}
+    assert not wrong, wrong

@@ -60,6 +60,17 @@ def test_matches_reference(B, T, NH, DH, bias, dtype):
     check(make_leaves(B, T, NH, DH, bias=bias, dtype=dtype, seed=T), dtype)
 
 
+@pytest.mark.parametrize("block,steps", [(8, 2), (4, 3), (16, 4)])
+def test_backward_programs_of_several_token_blocks(monkeypatch, block, steps):
+    """Backward programs that walk `steps` token blocks (sums of the parameter gradients over all of them), with a
+    partial last block and, for 37 tokens, whole blocks past the sequence's end in the last program."""
+    from xlstm_core import norm_gate_triton
+
+    tiles = {"fwd": (8, 1), "bwd": (block, steps, 1)}
+    monkeypatch.setattr(norm_gate_triton, "TILES", ((1 << 30, tiles),))
+    check(make_leaves(2, 37, 2, 24, bias=True, seed=5), torch.float32)
+
+
 def torch_and_triton_layers():
     """Two mLSTMPreUpLayers with the same parameters (non-trivial norm parameters, so that their gradients are not
     all alike), on the PyTorch and the Triton backend; and an input for them on a 3 x 4 token grid."""
