@@ -42,8 +42,7 @@ def sweep(B: int, T: int, NH: int, DH: int, cases=("fwd", "bwd")) -> list[dict]:
     ops = {"fwd": lambda: [ng._forward(h, x_skip, z, weight, bias, skip, 1e-6)],
            "bwd": lambda: ng._backward(dy, h, x_skip, z, weight, bias, skip, 1e-6)}
     shape, pinned_table = f"B{B}-T{T}-NH{NH}-DH{DH}", ng.TILES
-    pinned = {case: next(tiles[case] for bound, tiles in ng.TILES if sum(ng.head_parts(DH, DH)) <= bound)
-              for case in ops}
+    pinned = {case: ng.tiles(case, DH) for case in ops}
     rows = []
     for case in cases:
         op = ops[case]

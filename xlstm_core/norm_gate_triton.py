@@ -186,12 +186,17 @@ def _grid(h: torch.Tensor, block: int, steps: int = 1) -> tuple[int, int, int]:
     return B, triton.cdiv(triton.cdiv(T, block), steps), NH
 
 
+def tiles(case: str, dh: int) -> tuple[int, ...]:
+    """The TILES entry of `case` ("fwd" or "bwd") for heads of dh features: the row of their two parts' width."""
+    return next(row[case] for bound, row in TILES if sum(head_parts(dh, dh)) <= bound)
+
+
 def _launch(case: str, dh: int) -> dict[str, int]:
     """Kernel arguments of a launch: the head's two feature parts (XA, XB), tokens per block, the backward's blocks
     per program (STEPS) and warps."""
     xa, xb = head_parts(dh, dh)
-    *tiles, warps = next(tiles[case] for bound, tiles in TILES if xa + xb <= bound)
-    return dict(XA=xa, XB=xb, BLOCK=tiles[0], num_warps=warps) | (dict(STEPS=tiles[1]) if case == "bwd" else {})
+    *sizes, warps = tiles(case, dh)
+    return dict(XA=xa, XB=xb, BLOCK=sizes[0], num_warps=warps) | (dict(STEPS=sizes[1]) if case == "bwd" else {})
 
 
 @torch.library.custom_op("xlstm_kit::norm_skip_gate_fwd", mutates_args=())
