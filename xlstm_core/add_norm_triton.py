@@ -10,13 +10,15 @@ and the statistics, then the normalised output written again with the up-project
 plus the parameter-gradient sums: at ViL-T's shape on an H100 52.7 us forward against 40.4 here, at the bytes' floor,
 and ViL-T / ViL-S train 1.6% / 1.9% faster with CUDA graphs (benchmarks/results/vil_ab_s25.json). Statistics in fp32; mean and 1/std are kept for the backward, which reads x_new,
 the output's gradient and x_new's own gradient once, writes x's and y's, and sums the weight and bias gradients over
-its rows in registers (one partial row per program, summed by torch).
+its rows in registers (one partial row per program, summed by `column_sums`).
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from xlstm_core.column_sums_triton import column_sums
 
 # (rows per step, steps per program, warps) of each kernel by width (the first bound at or above it), the fastest of an
 # H100 sweep at ViL-T/S's residual streams (batch 256, 196 tokens, D = 192 / 384, bf16 y and out; GPU time per call
@@ -160,7 +162,7 @@ def _backward(g_x_new: torch.Tensor | None, g_out: torch.Tensor, x_new: torch.Te
         g_x, g_y, part, N, T, D, g_out.shape[-1], HAS_G_XN=g_x_new is not None, HAS_Y=has_y,
         HAS_SCALE=scale is not None, FLIP_Y=flip_y, FLIP_OUT=flip_out, BR=br, STEPS=steps,
         BD=triton.next_power_of_2(D), num_warps=warps)
-    return g_x, g_y, part.sum(0)
+    return g_x, g_y, column_sums(part.view(programs, 2 * D)).view(2, D)
 
 
 @_backward.register_fake

@@ -16,9 +16,9 @@ more tensor of x_conv's size kept per layer: recomputing u from nine taps of x m
 24); another sums the diagonal tiles' weight gradients dq^T x_conv and the biases' over token ranges; the conv's own
 weight gradient and input gradient are grid_conv_triton's kernels.
 
-Measured on an H100 at batch 256 (benchmarks/conv_qk_ops.py; vision/README.md, session 19): forward + backward per
+Measured on an H100 at batch 256 (benchmarks/conv_qk_ops.py; benchmarks/notes/vil_speed.md, session 19): forward + backward per
 block 0.40 against the dense path's 0.41 ms at ViL-T, 0.77 against 0.96 at ViL-S, 0.76 against 1.37 at ViL-B (batch
-128). What the attempts before this design showed (vision/README.md, session 19): fed straight from the conv's
+128). What the attempts before this design showed (benchmarks/notes/vil_speed.md, session 19): fed straight from the conv's
 arithmetic, a dot operand pulls that arithmetic into its own layout (so the forward reads its tile back), and 4 x 4
 blocks as register tiles (3-D and 4-D tensors, or column gathers) were 2-7x slower than the 64 x 64 tiles on the
 tensor cores.
@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from xlstm_core import grid_conv_triton as conv
+from xlstm_core.column_sums_triton import column_sums
 
 
 # (tokens, channels, warps) per program of each kernel: the conv + q / k forward, the gate shares' product (tokens,
@@ -269,14 +270,14 @@ def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, w_qk: torch.Ten
         d_qk, w_qk, d_x_conv, silu_grad, du, N, D, gates, W_qk, w_qk.stride(0), w_qk.stride(1), BLOCK=block_size,
         BM=bm, BD=bd, BG=bg, PRECISION=precision, num_warps=warps)
     bm, bd, warps = WGRAD_TILES
-    splits = conv._token_splits(triton.cdiv(D, bd), N, bm, x.device, min_blocks=4)
+    splits = conv._token_splits(triton.cdiv(D, bd), N, bm, x.device, conv.WGRAD_PROGRAMS_PER_SM, min_blocks=4)
     span = triton.cdiv(triton.cdiv(N, splits), bm) * bm
     offsets = list(accumulate([2 * D * block_size, 2 * D, gates * D, gates]))
     part = torch.empty(splits, offsets[-1], device=x.device, dtype=torch.float32)
     _wgrad_kernel[(triton.cdiv(D, bd), splits)](
         d_qk, x_conv, part, N, D, gates, W_qk, span, offsets[-1], BLOCK=block_size, BM=bm, BD=bd, BG=bg,
         PRECISION=precision, num_warps=warps)
-    blocks, qk_bias, gate_w, gate_bias = part.sum(0).tensor_split(offsets[:-1])
+    blocks, qk_bias, gate_w, gate_bias = column_sums(part).tensor_split(offsets[:-1])
     d_w_qk = torch.zeros(W_qk, D, device=x.device, dtype=torch.float32)
     n = D // block_size
     diagonal = torch.diagonal(d_w_qk[: 2 * D].view(2, n, block_size, n, block_size), dim1=1, dim2=3)

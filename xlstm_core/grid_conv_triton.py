@@ -11,7 +11,7 @@ hit the cache) and one write.
   backward with the sum of u's gradient sources), and a backward of two kernels that read x where it lies: du
   through the flipped taps, and per image the nine tap sums and the bias sum, reduced over the batch. No dense copy of
   x is made (PyTorch's path copies it for cuDNN and keeps the copy for the weight gradient). A session-8 backward
-  that recomputed u and fused the SiLU's backward was slower than cuDNN's; this one is measured in vision/README.md.
+  that recomputed u and fused the SiLU's backward was slower than cuDNN's; this one is measured in benchmarks/notes/vil_speed.md.
 - The fused mixer op (xlstm_core/mixer_triton.py, through xlstm_core/conv_qk_triton.py) takes the kernels' pieces:
   dx written into a column slice of a wider tensor (`_dgrad_into`), the weight and bias sums (`_weight_grads`) and
   the launch split of token ranges (`_token_splits`).
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from xlstm_core.column_sums_triton import column_sums
 
 # Tokens x channels per program, and warps: the fastest of 26 shapes in an H100 sweep with x where the compiled layer
 # leaves it, a strided slice of the up-projection's output (`python -m benchmarks.grid_conv_tiles`,
@@ -142,15 +144,20 @@ def _wgrad_kernel(G, X, PART, T, H, W, D, sx_b, sx_t, SPAN, BT: tl.constexpr, BD
 # training step 0.041 and 0.065 ms per block.
 DGRAD_TILES, WGRAD_TILES = (8, 64, 1), (8, 128, 1)
 # The weight-gradient launch aims at this many programs per SM: with few images (1024^2 inputs at batch 8: 24
-# programs of 4,096 tokens) each image's tokens are split among several programs.
+# programs of 4,096 tokens) each image's tokens are split among several programs. Over WIDE_WGRAD_CHANNELS channels
+# the conv's weight sums aim at WIDE_WGRAD_PROGRAMS_PER_SM: ViL-S's and ViL-B's 768 / 1,536 channels (1,536
+# programs) then split each image in two, 113.7 / 113.0 against 131.0 us per call with the batch reduction, while
+# ViL-T's 384 (768 programs) is fastest unsplit, 67.4 against 71.6-73.0 us split (`python -m
+# benchmarks.grid_conv_wgrad_tiles`, 81 configs per size, benchmarks/results/grid_conv_wgrad_tiles.json).
 WGRAD_PROGRAMS_PER_SM = 4
+WIDE_WGRAD_CHANNELS, WIDE_WGRAD_PROGRAMS_PER_SM = 384, 16
 
 
-def _token_splits(programs: int, T: int, bt: int, device: torch.device, min_blocks: int = 8) -> int:
+def _token_splits(programs: int, T: int, bt: int, device: torch.device, per_sm: int, min_blocks: int = 8) -> int:
     """Programs per range of T tokens (each at least `min_blocks` blocks of bt tokens) that bring a launch of
-    `programs` ranges near WGRAD_PROGRAMS_PER_SM programs per SM (132 SMs assumed off the GPU)."""
+    `programs` ranges near `per_sm` programs per SM (132 SMs assumed off the GPU)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(triton.cdiv(WGRAD_PROGRAMS_PER_SM * sms, programs), T // (min_blocks * bt)))
+    return max(1, min(triton.cdiv(per_sm * sms, programs), T // (min_blocks * bt)))
 
 
 @torch.library.custom_op("xlstm_kit::grid_conv_fwd", mutates_args=())
@@ -178,12 +185,13 @@ def _weight_grads(du: torch.Tensor, x: torch.Tensor, height: int, width: int) ->
     """d weight (D, 1, 3, 3) and d bias (D,) in fp32 from the dense gradient du of u and the conv's input x."""
     B, T, D = x.shape
     bt, bd, warps = WGRAD_TILES
-    splits = _token_splits(B * triton.cdiv(D, bd), T, bt, x.device)
+    per_sm = WIDE_WGRAD_PROGRAMS_PER_SM if D > WIDE_WGRAD_CHANNELS else WGRAD_PROGRAMS_PER_SM
+    splits = _token_splits(B * triton.cdiv(D, bd), T, bt, x.device, per_sm)
     span = triton.cdiv(triton.cdiv(T, splits), bt) * bt
     part = torch.empty(B, splits, 10, D, device=x.device, dtype=torch.float32)
     _wgrad_kernel[(B, triton.cdiv(D, bd), splits)](du, x, part, T, height, width, D, x.stride(0), x.stride(1), span,
                                                    BT=bt, BD=bd, num_warps=warps)
-    sums = part.sum((0, 1))
+    sums = column_sums(part.view(B * splits, 10 * D)).view(10, D)
     return sums[:9].t().reshape(D, 1, 3, 3).contiguous(), sums[9].contiguous()
 
 

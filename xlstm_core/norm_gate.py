@@ -17,7 +17,7 @@ from xlstm_core.norms import multi_head_norm
 # off. For training on the Triton backend the backward is still the fused kernel (`_TracedForwardFusedBackward`).
 # Traced for inference (no gradient) the Triton op runs: in ViL-T's compiled inference step inductor formed the chain
 # in two kernels (per-head statistics, then the chain: 0.017 + 0.053 ms per block on an H100), the Triton op takes
-# 0.059 ms (session 16 profile, vision/README.md). True also sends compiled training to the Triton op.
+# 0.059 ms (session 16 profile, benchmarks/notes/vil_speed.md). True also sends compiled training to the Triton op.
 # ViL's packed layer in training on Triton does not call this function: its fused mixer op
 # (xlstm_core/mixer_triton.py) runs the Triton chain forward and backward inside.
 COMPILED_USES_TRITON = False

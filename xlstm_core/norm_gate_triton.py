@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from kernels.mlstm.parallel_triton import head_parts
+from xlstm_core.column_sums_triton import column_sums
 
 # Tokens per program (the forward) or per block (the backward), the backward's blocks per program, and warps, by
 # head width (the first bound at or above the two parts' sum), from H100 sweeps at ViL-T/S/B's heads (96, 192, 384;
@@ -235,7 +236,7 @@ def backward_into(dy: torch.Tensor, h: torch.Tensor, x_skip: torch.Tensor, z: to
     _bwd_kernel[grid](dy, h, x_skip, z, weight, bias, skip, dh, dxs, dz, part, T, DH, NH * DH, eps, dy.stride(0),
                       dy.stride(1), h.stride(0), h.stride(1), *x_skip.stride(), z.stride(0), z.stride(1),
                       dz.stride(0), dz.stride(1), HAS_BIAS=bias is not None, **launch)
-    return dh, dxs, part.sum(1)
+    return dh, dxs, column_sums(part)
 
 
 @torch.library.custom_op("xlstm_kit::norm_skip_gate_bwd", mutates_args=())

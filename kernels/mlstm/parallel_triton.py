@@ -60,6 +60,12 @@ INTERPRETER_WHOLE_HEAD_TILES = (32, 16, 1, 1)
 INTERPRETER_TILES = (32, 16, 32, 32, 1, 1)
 SMALL_HEAD = WHOLE_HEAD_TILES[-1][0]
 INTERPRETER_SMALL_HEAD = 64
+# Tokens per program of the packed gate-gradient kernel (`_packed_gate_grad_kernel`). One program per sequence took
+# 23 us per ViL-T block (256 programs, each a chain of dependent loads, a scan and scattered stores); a program per
+# 32 tokens gives the GPU seven times as many, each adding the sum over the tokens after its own. Padding zeros are
+# stored as (BT, padding) tiles: one (BS, padding) tile took 256 registers per thread at ViL's 64 columns and spilled
+# ~8 KB (127 us per block, session 22).
+GATE_GRAD_TOKENS, INTERPRETER_GATE_GRAD_TOKENS = 32, 8
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -461,19 +467,26 @@ def _dkdv_head_kernel(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK, S, 
 @triton.jit
 def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_QK, C_V, sqk_b, sqk_s, sv_b, sv_s,
                              ROW_QK, ROW_V, SIG: tl.constexpr, BS: tl.constexpr, BH: tl.constexpr,
-                             BP: tl.constexpr):
-    """The gate gradients of one sequence (all heads), written into both packed gradients (the gates are the sums of
-    their shares in QK and V, at columns C_QK + [head | NH + head] and C_V + ...), and zeros into the padding
-    columns after them: d log i_s = k_s . dk_s and d F_t = q_t . dq_t - k_t . dk_t, where log f_r enters every
-    F_t with t >= r. Tokens run along the tile's rows, heads along its columns, so each token's gate columns are
-    read and written together. QK and V are read through their (batch, token) strides; the gradients' rows are
-    ROW_QK / ROW_V elements apart (their widths when dense; DV_OUT may be a column slice of a wider tensor)."""
+                             BP: tl.constexpr, BT: tl.constexpr):
+    """The gate gradients of BT tokens of one sequence (all heads), written into both packed gradients (the gates are
+    the sums of their shares in QK and V, at columns C_QK + [head | NH + head] and C_V + ...), and zeros into the
+    padding columns after them: d log i_s = k_s . dk_s and d F_t = q_t . dq_t - k_t . dk_t, where log f_r enters
+    every F_t with t >= r (the program's own tokens' reverse cumulative sum plus the sum over the tokens after them).
+    Tokens run along the tile's rows, heads along its columns, so each token's gate columns are read and written
+    together. QK and V are read through their (batch, token) strides; the gradients' rows are ROW_QK / ROW_V elements
+    apart (their widths when dense; DV_OUT may be a column slice of a wider tensor)."""
     b = tl.program_id(0).to(tl.int64)
-    offs, heads = tl.arange(0, BS), tl.arange(0, BH)
+    heads = tl.arange(0, BH)
+    offs = tl.program_id(1) * BT + tl.arange(0, BT)
     mask = (offs < S)[:, None] & (heads < NH)[None, :]
     rows = (b * NH + heads[None, :]) * S + offs[:, None]
     kdk = tl.load(KDK + rows, mask=mask, other=0.0)
-    d_lf = tl.cumsum(tl.load(QDQ + rows, mask=mask, other=0.0) - kdk, axis=0, reverse=True)
+    later = (tl.program_id(1) + 1) * BT + tl.arange(0, BS)
+    later_mask = (later < S)[:, None] & (heads < NH)[None, :]
+    later_rows = (b * NH + heads[None, :]) * S + later[:, None]
+    after = tl.sum(tl.load(QDQ + later_rows, mask=later_mask, other=0.0)
+                   - tl.load(KDK + later_rows, mask=later_mask, other=0.0), axis=0)
+    d_lf = tl.cumsum(tl.load(QDQ + rows, mask=mask, other=0.0) - kdk, axis=0, reverse=True) + after[None, :]
     qk_gates = QK + b * sqk_b + offs[:, None] * sqk_s + C_QK + heads[None, :]
     v_gates = V + b * sv_b + offs[:, None] * sv_s + C_V + heads[None, :]
     f = (tl.load(qk_gates + NH, mask=mask, other=0.0).to(tl.float32)
@@ -484,26 +497,21 @@ def _packed_gate_grad_kernel(QDQ, KDK, QK, V, DQK, DV_OUT, S, NH, W_QK, W_V, C_Q
             tl.float32)
         di = kdk * tl.sigmoid(-i)
     df = d_lf * tl.sigmoid(-f)
-    _store_gate_grads(DQK + b * S * ROW_QK + C_QK, ROW_QK, W_QK - C_QK, di, df, S, heads, NH, BS, BP)
-    _store_gate_grads(DV_OUT + b * S * ROW_V + C_V, ROW_V, W_V - C_V, di, df, S, heads, NH, BS, BP)
+    _store_gate_grads(DQK + b * S * ROW_QK + C_QK, ROW_QK, W_QK - C_QK, di, df, offs, S, heads, NH, BP, BT)
+    _store_gate_grads(DV_OUT + b * S * ROW_V + C_V, ROW_V, W_V - C_V, di, df, offs, S, heads, NH, BP, BT)
 
 
 @triton.jit
-def _store_gate_grads(base, row, width, di, df, S, heads, NH, BS: tl.constexpr, BP: tl.constexpr):
-    """di, df (tokens x heads) at columns heads and NH + heads of the S rows `row` elements apart from `base` (each
-    token's gate columns), zeros at the padding columns from 2 NH up to `width`. The zeros go 32 tokens at a time:
-    as one (BS, BP) tile, the pointers alone took 256 registers per thread at BP = 64 (ViL's up-projection), and
-    the kernel, spilling ~8 KB, took 127 us per ViL-T block in the compiled training step."""
-    offs = tl.arange(0, BS)
+def _store_gate_grads(base, row, width, di, df, offs, S, heads, NH, BP: tl.constexpr, BT: tl.constexpr):
+    """di, df (tokens offs x heads) at columns heads and NH + heads of the rows `row` elements apart from `base`
+    (each token's gate columns), zeros at the padding columns from 2 NH up to `width`."""
     rows = base + offs * row
     mask = (offs < S)[:, None] & (heads < NH)[None, :]
     tl.store(rows[:, None] + heads[None, :], di.to(base.dtype.element_ty), mask=mask)
     tl.store(rows[:, None] + NH + heads[None, :], df.to(base.dtype.element_ty), mask=mask)
     pad = 2 * NH + tl.arange(0, BP)
-    for t0 in range(0, S, 32):
-        t = t0 + tl.arange(0, 32)
-        tl.store(base + t[:, None] * row + pad[None, :], tl.zeros((32, BP), dtype=base.dtype.element_ty),
-                 mask=(t < S)[:, None] & (pad < width)[None, :])
+    tl.store(rows[:, None] + pad[None, :], tl.zeros((BT, BP), dtype=base.dtype.element_ty),
+             mask=(offs < S)[:, None] & (pad < width)[None, :])
 
 
 def _strides(x: torch.Tensor) -> tuple[int, int, int]:
@@ -702,10 +710,11 @@ def packed_backward_into(dh: torch.Tensor, qk: torch.Tensor, v: torch.Tensor, h:
     heads = lambda x: x.unflatten(-1, (num_heads, dv)).transpose(1, 2)
     qdq, kdk = _launch_backward(heads(dh), q, k, vv, heads(h), g, mx, alpha, gamma, dq, dkk, dvv)
     pad = max(qk.shape[-1] - 2 * num_heads * (dk + 1), d_v.shape[-1] - num_heads * (dv + 2))
-    _packed_gate_grad_kernel[(B,)](
+    bt = INTERPRETER_GATE_GRAD_TOKENS if interpreter_enabled() else GATE_GRAD_TOKENS
+    _packed_gate_grad_kernel[(B, triton.cdiv(S, bt))](
         qdq, kdk, qk, v, d_qk, d_v, S, num_heads, qk.shape[-1], d_v.shape[-1], 2 * num_heads * dk, num_heads * dv,
         qk.stride(0), qk.stride(1), v.stride(0), v.stride(1), d_qk.stride(1), d_v.stride(1), SIG=sig,
-        BS=pow2_block(S), BH=pow2_block(num_heads, low=1), BP=pow2_block(pad, low=1))
+        BS=pow2_block(S), BH=pow2_block(num_heads, low=1), BP=pow2_block(pad, low=1), BT=bt)
 
 
 @torch.library.custom_op("xlstm_kit::mlstm_parallel_packed_bwd", mutates_args=())

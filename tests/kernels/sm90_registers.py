@@ -6,7 +6,7 @@ The arguments are specialised as ViL's launches specialise them (ints equal to 1
 16-byte aligned pointers marked), from the layer's packed widths; so specialised, the cell's forward compiles to the
 116 registers that Nsight Compute reads on the H100. These kernels do little work and were never tuned, so a change
 that makes one spill goes unseen: the gate-gradient kernel's (256, 64) tile of pointers for the up-projection's
-padding spilled ~8 KB under Triton 3.6 and took 127 us per ViL-T block for a session (vision/README.md, session 22).
+padding spilled ~8 KB under Triton 3.6 and took 127 us per ViL-T block for a session (benchmarks/notes/vil_speed.md, session 22).
 The Triton interpreter replaces kernels by Python functions, so this runs as its own process (`python -m
 tests.kernels.sm90_registers` prints {case: [registers, spill bytes]} as JSON); tests/kernels/test_register_budget.py
 checks the numbers.
@@ -42,7 +42,8 @@ def _gate_grad_args(batch: int, dim: int) -> tuple[dict, dict]:
     args = dict(QDQ="*fp32", KDK="*fp32", QK="*bf16", V="*bf16", DQK="*bf16", DV_OUT="*bf16", S=TOKENS, NH=HEADS,
                 W_QK=qk, W_V=up - 2 * inner, C_QK=2 * inner, C_V=inner, sqk_b=TOKENS * qk, sqk_s=qk,
                 sv_b=TOKENS * up, sv_s=up, ROW_QK=qk, ROW_V=up)
-    return args, dict(SIG=False, BS=pow2_block(TOKENS), BH=pow2_block(HEADS, low=1), BP=pow2_block(pad, low=1))
+    return args, dict(SIG=False, BS=pow2_block(TOKENS), BH=pow2_block(HEADS, low=1), BP=pow2_block(pad, low=1),
+                      BT=cell.GATE_GRAD_TOKENS)
 
 
 def _gate_rows_args(batch: int, dim: int) -> tuple[dict, dict]:

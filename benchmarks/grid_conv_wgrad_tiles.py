@@ -1,0 +1,77 @@
+"""Tile and token-split sweep of the grid conv's weight-gradient sums (xlstm_core/grid_conv_triton.py `_weight_grads`:
+the nine tap sums and the bias sum per image, then their reduction over the batch), at ViL's shapes.
+
+x is a strided slice of the up-projection's output (its width from the layer, `benchmarks.common.packed_layer_widths`),
+du dense; 14 x 14 tokens, bf16, batch 256 (ViL-B 128). Each candidate (tokens per step, channels per program, warps,
+programs per SM the token split aims at) is timed on the whole call, its reduction included (GPU us from CUDA-graph
+replays), and its sums compared with the pinned config's, which is the baseline measured in the same run.
+Prints a table and writes JSON (results schema of DESIGN.md).
+
+    python -m benchmarks.grid_conv_wgrad_tiles [--sizes tiny small base] [--out benchmarks/results/grid_conv_wgrad_tiles.json]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, print_table, row, write_results
+from xlstm_core import grid_conv_triton as gc
+
+BATCH = {"tiny": 256, "small": 256, "base": 128}
+EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}
+GRID = (14, 14)
+CANDIDATES = list(itertools.product((4, 8, 16), (32, 64, 128), (1, 2, 4), (4, 8, 16)))
+
+
+def _inputs(size: str) -> tuple[torch.Tensor, torch.Tensor]:
+    inner, up_width, *_ = packed_layer_widths(EMBEDDING_DIM[size], 4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    T = GRID[0] * GRID[1]
+    up = torch.randn(BATCH[size], T, up_width, device="cuda", generator=g, dtype=torch.bfloat16)
+    du = torch.randn(BATCH[size], T, inner, device="cuda", generator=g, dtype=torch.bfloat16)
+    return du, up[..., :inner]
+
+
+def _timed(config, du, x):
+    saved = gc.WGRAD_TILES, gc.WGRAD_PROGRAMS_PER_SM, gc.WIDE_WGRAD_PROGRAMS_PER_SM
+    gc.WGRAD_TILES, gc.WGRAD_PROGRAMS_PER_SM, gc.WIDE_WGRAD_PROGRAMS_PER_SM = config[:3], config[3], config[3]
+    try:
+        sums = gc._weight_grads(du, x, *GRID)
+        return graph_ms(lambda: gc._weight_grads(du, x, *GRID)) * 1e3, sums
+    finally:
+        gc.WGRAD_TILES, gc.WGRAD_PROGRAMS_PER_SM, gc.WIDE_WGRAD_PROGRAMS_PER_SM = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=list(BATCH), choices=list(BATCH))
+    parser.add_argument("--out", default="benchmarks/results/grid_conv_wgrad_tiles.json")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes:
+        du, x = _inputs(size)
+        wide = x.shape[-1] > gc.WIDE_WGRAD_CHANNELS
+        pinned = (*gc.WGRAD_TILES, gc.WIDE_WGRAD_PROGRAMS_PER_SM if wide else gc.WGRAD_PROGRAMS_PER_SM)
+        case = f"{size} B{BATCH[size]} D{x.shape[-1]}"
+        pinned_us, reference = _timed(pinned, du, x)
+        rows.append(row("ours:triton pinned", case, "time", pinned_us, "us", config=pinned))
+        best = (pinned_us, pinned)
+        for config in CANDIDATES:
+            if config == pinned:
+                continue
+            us, sums = _timed(config, du, x)
+            err = max_rel_err(sums, reference)
+            if err > 1e-5:
+                raise AssertionError(f"{case} {config}: sums differ from the pinned config's by {err:.2e}")
+            rows.append(row("ours:triton candidate", case, "time", us, "us", config=config))
+            best = min(best, (us, config))
+        rows.append(row("ours:triton best", case, "time", best[0], "us", config=best[1]))
+        print(f"{case}: pinned {pinned} {pinned_us:.1f} us, best {best[1]} {best[0]:.1f} us", flush=True)
+    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
+    print("wrote", write_results(args.out, rows))
+
+
+if __name__ == "__main__":
+    main()
