@@ -1,0 +1,72 @@
+"""Tile sweep of the residual add + LayerNorm op's backward (xlstm_core/add_norm_triton.py) at ViL's residual streams.
+
+Batch 256, 196 tokens, D = 192 / 384 (ViL-T / ViL-S; ViL-B's 768 keeps the blocks' own norms), fp32 residual, bf16 y
+and output with 8 ones columns, a reversed block's flip, as the stack runs it. Each candidate (rows per step, steps
+per program, warps) is timed on the whole backward op, its partial-sum reduction included (GPU us from CUDA-graph
+replays), and its gradients compared with the pinned config's, which is the baseline measured in the same run.
+Prints a table and writes JSON (results schema of DESIGN.md).
+
+    python -m benchmarks.add_norm_tiles [--widths 192 384] [--out benchmarks/results/add_norm_tiles.json]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from benchmarks.common import graph_ms, max_rel_err, print_table, row, write_results
+from xlstm_core import add_norm_triton as an
+
+CANDIDATES = list(itertools.product((2, 4, 8, 16), (1, 2, 4, 8, 16), (1, 2, 4)))
+
+
+def _backward_args(D: int, B: int = 256, T: int = 196) -> tuple:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rand = lambda *shape, dtype=torch.float32: torch.randn(*shape, device="cuda", generator=g).to(dtype)
+    x, y, w, b = rand(B, T, D), rand(B, T, D, dtype=torch.bfloat16), rand(D), rand(D)
+    x_new, out, mean, rstd = an._forward(x, y, None, w, b, 1e-6, True, False, 8, torch.bfloat16)
+    return rand(*x_new.shape), rand(*out.shape, dtype=torch.bfloat16), x_new, mean, rstd, w, None, True, \
+        torch.bfloat16, True, False
+
+
+def _timed(D: int, tiles: tuple[int, int, int], args: tuple):
+    saved = an.TILES
+    an.TILES = tuple((bound, {**cases, "bwd": tiles} if D <= bound else cases) for bound, cases in saved)
+    try:
+        grads = an._backward(*args)
+        return graph_ms(lambda: an._backward(*args)) * 1e3, grads
+    finally:
+        an.TILES = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", nargs="+", type=int, default=[192, 384])
+    parser.add_argument("--out", default="benchmarks/results/add_norm_tiles.json")
+    args = parser.parse_args()
+    rows = []
+    for D in args.widths:
+        bwd_args = _backward_args(D)
+        pinned = an._tiles("bwd", D)
+        case = f"D{D} B256 T196"
+        pinned_us, reference = _timed(D, pinned, bwd_args)
+        rows.append(row("ours:triton pinned", case, "time", pinned_us, "us", tiles=pinned))
+        best = (pinned_us, pinned)
+        for tiles in CANDIDATES:
+            if tiles == pinned:
+                continue
+            us, grads = _timed(D, tiles, bwd_args)
+            err = max_rel_err([t for t in grads if t.numel()], [t for t in reference if t.numel()])
+            if err > 1e-5:
+                raise AssertionError(f"{case} {tiles}: gradients differ from the pinned config's by {err:.2e}")
+            rows.append(row("ours:triton candidate", case, "time", us, "us", tiles=tiles))
+            best = min(best, (us, tiles))
+        rows.append(row("ours:triton best", case, "time", best[0], "us", tiles=best[1]))
+        print(f"{case}: pinned {pinned} {pinned_us:.1f} us, best {best[1]} {best[0]:.1f} us", flush=True)
+    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
+    print("wrote", write_results(args.out, rows))
+
+
+if __name__ == "__main__":
+    main()
