@@ -15,7 +15,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, max_rel_err, print_table, row, write_results
+from benchmarks.common import graph_ms, print_table, tile_sweep, write_results
 from xlstm_core import add_norm_triton as an
 
 CANDIDATES = list(itertools.product((2, 4, 8, 16), (1, 2, 4, 8, 16), (1, 2, 4)))
@@ -48,22 +48,8 @@ def main() -> None:
     rows = []
     for D in args.widths:
         bwd_args = _backward_args(D)
-        pinned = an._tiles("bwd", D)
-        case = f"D{D} B256 T196"
-        pinned_us, reference = _timed(D, pinned, bwd_args)
-        rows.append(row("ours:triton pinned", case, "time", pinned_us, "us", tiles=pinned))
-        best = (pinned_us, pinned)
-        for tiles in CANDIDATES:
-            if tiles == pinned:
-                continue
-            us, grads = _timed(D, tiles, bwd_args)
-            err = max_rel_err([t for t in grads if t.numel()], [t for t in reference if t.numel()])
-            if err > 1e-5:
-                raise AssertionError(f"{case} {tiles}: gradients differ from the pinned config's by {err:.2e}")
-            rows.append(row("ours:triton candidate", case, "time", us, "us", tiles=tiles))
-            best = min(best, (us, tiles))
-        rows.append(row("ours:triton best", case, "time", best[0], "us", tiles=best[1]))
-        print(f"{case}: pinned {pinned} {pinned_us:.1f} us, best {best[1]} {best[0]:.1f} us", flush=True)
+        tile_sweep(f"D{D} B256 T196", an._tiles("bwd", D), CANDIDATES, lambda tiles: _timed(D, tiles, bwd_args),
+                   rows, field="tiles")
     print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
     print("wrote", write_results(args.out, rows))
 

@@ -92,6 +92,30 @@ def row(impl: str, case: str, metric: str, value, unit: str, **fields) -> dict:
     return {"impl": impl, "case": case, "metric": metric, "value": value, "unit": unit, **fields}
 
 
+def tile_sweep(case: str, pinned, candidates, timed: Callable, rows: list[dict], field: str = "config",
+               tolerance: float = 1e-5) -> tuple[float, object]:
+    """Time a kernel's pinned config (the baseline, measured in the same run) and every other candidate with
+    `timed(config) -> (us, outputs)`; each candidate's outputs must match the pinned config's within `tolerance`
+    (max_rel_err over the non-empty tensors). Appends a row per config and one for the best; returns (us, config) of
+    the best and prints it."""
+    nonempty = lambda outs: [t for t in outs if t.numel()]
+    pinned_us, reference = timed(pinned)
+    rows.append(row("ours:triton pinned", case, "time", pinned_us, "us", **{field: pinned}))
+    best = (pinned_us, pinned)
+    for config in candidates:
+        if config == pinned:
+            continue
+        us, outs = timed(config)
+        err = max_rel_err(nonempty(outs), nonempty(reference))
+        if err > tolerance:
+            raise AssertionError(f"{case} {config}: outputs differ from the pinned config's by {err:.2e}")
+        rows.append(row("ours:triton candidate", case, "time", us, "us", **{field: config}))
+        best = min(best, (us, config))
+    rows.append(row("ours:triton best", case, "time", best[0], "us", **{field: best[1]}))
+    print(f"{case}: pinned {pinned} {pinned_us:.1f} us, best {best[1]} {best[0]:.1f} us", flush=True)
+    return best
+
+
 def write_results(path: str | Path, rows: list[dict], **extra) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

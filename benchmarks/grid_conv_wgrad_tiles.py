@@ -16,7 +16,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, print_table, row, write_results
+from benchmarks.common import graph_ms, packed_layer_widths, print_table, tile_sweep, write_results
 from xlstm_core import grid_conv_triton as gc
 
 BATCH = {"tiny": 256, "small": 256, "base": 128}
@@ -54,21 +54,8 @@ def main() -> None:
         du, x = _inputs(size)
         wide = x.shape[-1] > gc.WIDE_WGRAD_CHANNELS
         pinned = (*gc.WGRAD_TILES, gc.WIDE_WGRAD_PROGRAMS_PER_SM if wide else gc.WGRAD_PROGRAMS_PER_SM)
-        case = f"{size} B{BATCH[size]} D{x.shape[-1]}"
-        pinned_us, reference = _timed(pinned, du, x)
-        rows.append(row("ours:triton pinned", case, "time", pinned_us, "us", config=pinned))
-        best = (pinned_us, pinned)
-        for config in CANDIDATES:
-            if config == pinned:
-                continue
-            us, sums = _timed(config, du, x)
-            err = max_rel_err(sums, reference)
-            if err > 1e-5:
-                raise AssertionError(f"{case} {config}: sums differ from the pinned config's by {err:.2e}")
-            rows.append(row("ours:triton candidate", case, "time", us, "us", config=config))
-            best = min(best, (us, config))
-        rows.append(row("ours:triton best", case, "time", best[0], "us", config=best[1]))
-        print(f"{case}: pinned {pinned} {pinned_us:.1f} us, best {best[1]} {best[0]:.1f} us", flush=True)
+        tile_sweep(f"{size} B{BATCH[size]} D{x.shape[-1]}", pinned, CANDIDATES,
+                   lambda config: _timed(config, du, x), rows)
     print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
     print("wrote", write_results(args.out, rows))
 
