@@ -7,7 +7,8 @@ programs per SM the token split aims at) is timed on the whole call, its reducti
 replays), and its sums compared with the pinned config's, which is the baseline measured in the same run.
 Prints a table and writes JSON (results schema of DESIGN.md).
 
-    python -m benchmarks.grid_conv_wgrad_tiles [--sizes tiny small base] [--out benchmarks/results/grid_conv_wgrad_tiles.json]
+    python -m benchmarks.grid_conv_wgrad_tiles [--sizes tiny small base]
+        [--out benchmarks/results/grid_conv_wgrad_tiles.json]
 """
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ A bidirectional stack (ViL) reads every other block's tokens in reverse, so its 
 become row indices here: the residual stream stays in token order. Inductor ran this as two kernels forward (the add
 and the statistics, then the normalised output written again with the up-projection's ones columns) and two backward
 plus the parameter-gradient sums: at ViL-T's shape on an H100 52.7 us forward against 40.4 here, at the bytes' floor,
-and ViL-T / ViL-S train 1.6% / 1.9% faster with CUDA graphs (benchmarks/results/vil_ab_s25.json). Statistics in fp32; mean and 1/std are kept for the backward, which reads x_new,
-the output's gradient and x_new's own gradient once, writes x's and y's, and sums the weight and bias gradients over
-its rows in registers (one partial row per program, summed by `column_sums`).
+and ViL-T / ViL-S train 1.6% / 1.9% faster with CUDA graphs (benchmarks/results/vil_ab_s25.json). Statistics in
+fp32; mean and 1/std are kept for the backward, which reads x_new, the output's gradient and x_new's own gradient
+once, writes x's and y's, and sums the weight and bias gradients over its rows in registers (one partial row per
+program, summed by `column_sums`).
 """
 from __future__ import annotations
 

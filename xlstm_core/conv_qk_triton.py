@@ -16,9 +16,9 @@ more tensor of x_conv's size kept per layer: recomputing u from nine taps of x m
 24); another sums the diagonal tiles' weight gradients dq^T x_conv and the biases' over token ranges; the conv's own
 weight gradient and input gradient are grid_conv_triton's kernels.
 
-Measured on an H100 at batch 256 (benchmarks/conv_qk_ops.py; benchmarks/notes/vil_speed.md, session 19): forward + backward per
-block 0.40 against the dense path's 0.41 ms at ViL-T, 0.77 against 0.96 at ViL-S, 0.76 against 1.37 at ViL-B (batch
-128). What the attempts before this design showed (benchmarks/notes/vil_speed.md, session 19): fed straight from the conv's
+Measured on an H100 at batch 256 (benchmarks/conv_qk_ops.py; benchmarks/notes/vil_speed.md, session 19): forward +
+backward per block 0.40 against the dense path's 0.41 ms at ViL-T, 0.77 against 0.96 at ViL-S, 0.76 against 1.37 at
+ViL-B (batch 128). What the attempts before this design showed (the same session): fed straight from the conv's
 arithmetic, a dot operand pulls that arithmetic into its own layout (so the forward reads its tile back), and 4 x 4
 blocks as register tiles (3-D and 4-D tensors, or column gathers) were 2-7x slower than the 64 x 64 tiles on the
 tensor cores.

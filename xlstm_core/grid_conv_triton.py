@@ -11,7 +11,8 @@ hit the cache) and one write.
   backward with the sum of u's gradient sources), and a backward of two kernels that read x where it lies: du
   through the flipped taps, and per image the nine tap sums and the bias sum, reduced over the batch. No dense copy of
   x is made (PyTorch's path copies it for cuDNN and keeps the copy for the weight gradient). A session-8 backward
-  that recomputed u and fused the SiLU's backward was slower than cuDNN's; this one is measured in benchmarks/notes/vil_speed.md.
+  that recomputed u and fused the SiLU's backward was slower than cuDNN's; this one is measured in
+  benchmarks/notes/vil_speed.md.
 - The fused mixer op (xlstm_core/mixer_triton.py, through xlstm_core/conv_qk_triton.py) takes the kernels' pieces:
   dx written into a column slice of a wider tensor (`_dgrad_into`), the weight and bias sums (`_weight_grads`) and
   the launch split of token ranges (`_token_splits`).

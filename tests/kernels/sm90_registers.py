@@ -6,7 +6,8 @@ The arguments are specialised as ViL's launches specialise them (ints equal to 1
 16-byte aligned pointers marked), from the layer's packed widths; so specialised, the cell's forward compiles to the
 116 registers that Nsight Compute reads on the H100. These kernels do little work and were never tuned, so a change
 that makes one spill goes unseen: the gate-gradient kernel's (256, 64) tile of pointers for the up-projection's
-padding spilled ~8 KB under Triton 3.6 and took 127 us per ViL-T block for a session (benchmarks/notes/vil_speed.md, session 22).
+padding spilled ~8 KB under Triton 3.6 and took 127 us per ViL-T block for a session (benchmarks/notes/vil_speed.md,
+session 22).
 The Triton interpreter replaces kernels by Python functions, so this runs as its own process (`python -m
 tests.kernels.sm90_registers` prints {case: [registers, spill bytes]} as JSON); tests/kernels/test_register_budget.py
 checks the numbers.
