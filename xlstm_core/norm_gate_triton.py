@@ -7,7 +7,7 @@ arithmetic, outputs in the inputs' dtypes); the PyTorch chain runs ~8 kernels fo
 intermediates. One program takes a few tokens (TILES) of one image and one head, whose DH features it holds as two
 power-of-two parts (96 = 64 + 32) so that no lane works on padding; a backward program may walk several such blocks.
 The backward recomputes the statistics from h instead of storing them, and writes per-program partial sums of the
-three per-feature parameter gradients, which one torch sum reduces.
+three per-feature parameter gradients, which `column_sums` reduces.
 
 Every tensor is addressed through (batch, token, feature) strides, so the layer's views are read as they are: z, a
 chunk of the up-projection (token stride 2 * inner), and x_skip, which the depthwise grid conv leaves channel-major.
