@@ -44,6 +44,9 @@ from xlstm_core.column_sums_triton import column_sums
 # at all three (-2 to -18 us per block against FWD_TILES, which stays the fastest without the store).
 FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (128, 64, 4), (64, 64, 4)
 TRAIN_FWD_TILES = (16, 64, 2)
+# The weight-gradient launch splits the tokens into ranges so that it has about this many programs per SM (the grid
+# conv's setting, which it shared until session 28; `python -m benchmarks.conv_qk_wgrad_tiles` sweeps both).
+WGRAD_PROGRAMS_PER_SM = 4
 
 
 def _gate_block(width: int, inner: int) -> int:
@@ -269,21 +272,31 @@ def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, w_qk: torch.Ten
     _dgrad_kernel[(triton.cdiv(N, bm), triton.cdiv(D, bd))](
         d_qk, w_qk, d_x_conv, silu_grad, du, N, D, gates, W_qk, w_qk.stride(0), w_qk.stride(1), BLOCK=block_size,
         BM=bm, BD=bd, BG=bg, PRECISION=precision, num_warps=warps)
+    d_w_qk, d_b_qk = _projection_grads(d_qk, x_conv, block_size)
+    return du, *conv._weight_grads(du, x, height, width), d_w_qk, d_b_qk
+
+
+def _projection_grads(d_qk: torch.Tensor, x_conv: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fp32 gradients of w_qk (W_qk, D; zero outside q's and k's diagonal blocks) and of b_qk, from d_qk (B, T,
+    W_qk) and x_conv (B, T, D), both contiguous in one dtype: per-range partial sums, then their batch reduction."""
+    B, T, D = x_conv.shape
+    N, W_qk = B * T, d_qk.shape[-1]
+    gates = W_qk - 2 * D
     bm, bd, warps = WGRAD_TILES
-    splits = conv._token_splits(triton.cdiv(D, bd), N, bm, x.device, conv.WGRAD_PROGRAMS_PER_SM, min_blocks=4)
+    splits = conv._token_splits(triton.cdiv(D, bd), N, bm, x_conv.device, WGRAD_PROGRAMS_PER_SM, min_blocks=4)
     span = triton.cdiv(triton.cdiv(N, splits), bm) * bm
     offsets = list(accumulate([2 * D * block_size, 2 * D, gates * D, gates]))
-    part = torch.empty(splits, offsets[-1], device=x.device, dtype=torch.float32)
+    part = torch.empty(splits, offsets[-1], device=x_conv.device, dtype=torch.float32)
     _wgrad_kernel[(triton.cdiv(D, bd), splits)](
-        d_qk, x_conv, part, N, D, gates, W_qk, span, offsets[-1], BLOCK=block_size, BM=bm, BD=bd, BG=bg,
-        PRECISION=precision, num_warps=warps)
+        d_qk, x_conv, part, N, D, gates, W_qk, span, offsets[-1], BLOCK=block_size, BM=bm, BD=bd,
+        BG=_gate_block(W_qk, D), PRECISION=_precision(d_qk.dtype), num_warps=warps)
     blocks, qk_bias, gate_w, gate_bias = column_sums(part).tensor_split(offsets[:-1])
-    d_w_qk = torch.zeros(W_qk, D, device=x.device, dtype=torch.float32)
+    d_w_qk = torch.zeros(W_qk, D, device=x_conv.device, dtype=torch.float32)
     n = D // block_size
     diagonal = torch.diagonal(d_w_qk[: 2 * D].view(2, n, block_size, n, block_size), dim1=1, dim2=3)
     diagonal.copy_(blocks.view(2, n, block_size, block_size).permute(0, 2, 3, 1))
     d_w_qk[2 * D :] = gate_w.view(gates, D)
-    return (du, *conv._weight_grads(du, x, height, width), d_w_qk, torch.cat([qk_bias, gate_bias]))
+    return d_w_qk, torch.cat([qk_bias, gate_bias])
 
 
 @torch.library.custom_op("xlstm_kit::grid_conv_qk", mutates_args=())

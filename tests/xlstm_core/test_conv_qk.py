@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from tests.kernels.tolerances import assert_close
+from xlstm_core import conv_qk_triton as cq
 from xlstm_core.conv_qk_triton import conv_qk, conv_qk_backward, grid_conv_qk_triton
-from xlstm_core.grid_conv_triton import _dgrad_into
+from xlstm_core.grid_conv_triton import _dgrad_into, _token_splits
 
 NAMES = ("x", "conv_weight", "conv_bias", "w_qk", "b_qk")
 
@@ -122,6 +123,25 @@ def test_backward_matches_autograd(grid, D, gates, block, dtype):
         assert_close(got, expected, dtype, f"d {name}")
     outside = block_mask(d_w_qk.shape[0], D, block) == 0
     assert d_w_qk[outside].abs().max() == 0
+
+
+@pytest.mark.parametrize("tiles, per_sm, splits", [((8, 32, 1), 4, 5), ((16, 64, 2), 2, 2), ((64, 32, 1), 4, 1)])
+def test_projection_gradients_over_token_ranges(monkeypatch, tiles, per_sm, splits):
+    """The projection gradients' partial sums per token range and channel block, reduced over the ranges: tiles and
+    splits the weight-gradient sweep (benchmarks/conv_qk_wgrad_tiles.py) tries, with a partial last range and a
+    partial channel block (D = 40 on 32-channel programs), against the dense product in fp64."""
+    monkeypatch.setattr(cq, "WGRAD_TILES", tiles)
+    monkeypatch.setattr(cq, "WGRAD_PROGRAMS_PER_SM", per_sm)
+    B, T, D, gates, block = 4, 42, 40, 6, 4
+    width = 2 * D + gates + 8
+    assert _token_splits(-(-D // tiles[1]), B * T, tiles[0], torch.device("cpu"), per_sm, min_blocks=4) == splits
+    torch.manual_seed(0)
+    d_qk, x_conv = torch.randn(B, T, width), torch.randn(B, T, D)
+    d_qk[..., 2 * D + gates :] = 0.0
+    d_w_qk, d_b_qk = cq._projection_grads(d_qk, x_conv, block)
+    want = d_qk.double().flatten(0, 1).T @ x_conv.double().flatten(0, 1) * block_mask(width, D, block)
+    assert_close(d_w_qk, want, torch.float32, "d w_qk")
+    assert_close(d_b_qk, d_qk.double().sum((0, 1)), torch.float32, "d b_qk")
 
 
 def test_rejects_blocks_that_do_not_fit_the_tiles():

@@ -1,0 +1,64 @@
+"""Tile and token-split sweep of the conv + q/k op's projection gradients (xlstm_core/conv_qk_triton.py
+`_projection_grads`: the diagonal blocks' weight sums, the gate shares' weights and the biases per token range, then
+their reduction over the ranges), at ViL's shapes.
+
+d_qk dense with the layer's q/k GEMM width (`benchmarks.common.packed_layer_widths`), x_conv dense; 14 x 14 tokens,
+bf16, batch 256 (ViL-B 128). Each candidate (tokens per step, channels per program, warps, programs per SM the token
+split aims at) is timed on the whole call, its reduction and the dense gradient's assembly included (GPU us from
+CUDA-graph replays), and its sums compared with the pinned config's, which is the baseline measured in the same run.
+Prints a table and writes JSON (results schema of DESIGN.md).
+
+    python -m benchmarks.conv_qk_wgrad_tiles [--sizes tiny small base]
+        [--out benchmarks/results/conv_qk_wgrad_tiles.json]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from benchmarks.common import graph_ms, packed_layer_widths, print_table, tile_sweep, write_results
+from xlstm_core import conv_qk_triton as cq
+
+BATCH = {"tiny": 256, "small": 256, "base": 128}
+EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}  # ViL-T/S/B, 4 heads each
+GRID, BLOCK = (14, 14), 4
+CANDIDATES = list(itertools.product((32, 64, 128), (32, 64), (2, 4, 8), (2, 4, 8, 16)))
+
+
+def _inputs(size: str) -> tuple[torch.Tensor, torch.Tensor]:
+    inner, _, qk_width, _ = packed_layer_widths(EMBEDDING_DIM[size], 4)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    T = GRID[0] * GRID[1]
+    d_qk = torch.randn(BATCH[size], T, qk_width, device="cuda", generator=g, dtype=torch.bfloat16)
+    x_conv = torch.randn(BATCH[size], T, inner, device="cuda", generator=g, dtype=torch.bfloat16)
+    return d_qk, x_conv
+
+
+def _timed(config, d_qk, x_conv):
+    saved = cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM
+    cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM = config[:3], config[3]
+    try:
+        grads = cq._projection_grads(d_qk, x_conv, BLOCK)
+        return graph_ms(lambda: cq._projection_grads(d_qk, x_conv, BLOCK)) * 1e3, grads
+    finally:
+        cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM = saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=list(BATCH), choices=list(BATCH))
+    parser.add_argument("--out", default="benchmarks/results/conv_qk_wgrad_tiles.json")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes:
+        d_qk, x_conv = _inputs(size)
+        tile_sweep(f"{size} B{BATCH[size]} D{x_conv.shape[-1]}", (*cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM),
+                   CANDIDATES, lambda config: _timed(config, d_qk, x_conv), rows)
+    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
+    print("wrote", write_results(args.out, rows))
+
+
+if __name__ == "__main__":
+    main()
