@@ -146,7 +146,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per arm process, compilation included")
     parser.add_argument("--out", default="benchmarks/results/vil_ab.json")
     args = parser.parse_args()
-    arms = parse_arms(args.arms)
+    try:
+        arms = parse_arms(args.arms)
+    except ValueError as err:
+        parser.error(str(err))
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
