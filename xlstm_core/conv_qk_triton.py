@@ -44,8 +44,9 @@ from xlstm_core.column_sums_triton import column_sums
 # at all three (-2 to -18 us per block against FWD_TILES, which stays the fastest without the store).
 FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (128, 64, 4), (64, 64, 4)
 TRAIN_FWD_TILES = (16, 64, 2)
-# The weight-gradient launch splits the tokens into ranges so that it has about this many programs per SM (the grid
-# conv's setting, which it shared until session 28; `python -m benchmarks.conv_qk_wgrad_tiles` sweeps both).
+# The weight-gradient launch splits the tokens into ranges so that it has about this many programs per SM (the value
+# of the grid conv's setting, which it read until session 28; `python -m benchmarks.conv_qk_wgrad_tiles` sweeps it
+# with WGRAD_TILES).
 WGRAD_PROGRAMS_PER_SM = 4
 
 
@@ -278,7 +279,8 @@ def conv_qk_backward(x: torch.Tensor, conv_weight: torch.Tensor, w_qk: torch.Ten
 
 def _projection_grads(d_qk: torch.Tensor, x_conv: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fp32 gradients of w_qk (W_qk, D; zero outside q's and k's diagonal blocks) and of b_qk, from d_qk (B, T,
-    W_qk) and x_conv (B, T, D), both contiguous in one dtype: per-range partial sums, then their batch reduction."""
+    W_qk) and x_conv (B, T, D), both contiguous in one dtype: partial sums per token range, then their sum over the
+    ranges."""
     B, T, D = x_conv.shape
     N, W_qk = B * T, d_qk.shape[-1]
     gates = W_qk - 2 * D
