@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, print_table, row, write_results
+from benchmarks.common import VIL_BATCH, graph_ms, print_table, row, write_results
 from xlstm_core import add_norm_triton, column_sums_triton, conv_qk_triton, grid_conv_triton, norm_gate_triton
 
 CALLERS = (add_norm_triton, norm_gate_triton, grid_conv_triton, conv_qk_triton)
@@ -41,9 +41,8 @@ def buffer_shapes(size: str) -> dict[tuple[int, ...], list]:
             return originals[module](x)
         return record
 
-    batch = 128 if size == "base" else 256
     model = timm.create_model(f"vil_{size}_patch16_224", backend="triton").cuda()
-    images = torch.randn(batch, 3, 224, 224, device="cuda")
+    images = torch.randn(VIL_BATCH[size], 3, 224, 224, device="cuda")
     try:
         for module in CALLERS:
             module.column_sums = recorder(module)

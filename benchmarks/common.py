@@ -32,6 +32,17 @@ def peak_memory_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+# The batch each ViL size is benchmarked at (ViL-B's halved), the same for its layers' ops and its whole steps.
+VIL_BATCH = {"tiny": 256, "small": 256, "base": 128}
+
+
+def vil_embedding_dim(size: str) -> int:
+    """The embedding dim of ViL size `size` ("tiny", "small", "base"), from the models' own table (vision.vil)."""
+    from vision.vil import SIZES
+
+    return SIZES[size]["embed_dim"]
+
+
 def packed_layer_widths(embedding_dim: int, num_heads: int) -> tuple[int, int, int, int]:
     """(inner, up-projection width, q/k GEMM width, v view width) of a ViL-style pre-up mLSTM layer (grid conv, dense
     q/k/v) as `xlstm_core.mlstm_layer.fold_weights` lays out its two GEMM outputs, [x_inner | z | v | v's gate shares

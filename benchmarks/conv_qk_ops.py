@@ -21,12 +21,11 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, print_table, row, write_results
+from benchmarks.common import (
+    VIL_BATCH, graph_ms, max_rel_err, packed_layer_widths, print_table, row, vil_embedding_dim, write_results)
 from xlstm_core import grid_conv_triton as gc
 from xlstm_core.grid_conv_triton import _shifted
 
-BATCH = {"tiny": 256, "small": 256, "base": 128}
-EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}  # ViL-T/S/B, 4 heads each
 GRID, BLOCK = (14, 14), 4
 
 
@@ -62,8 +61,8 @@ def _silu_grad(x, weight, bias, g, height, width):
 def _inputs(size: str):
     """x_inner (a slice of the up-projection's output), the conv's parameters, a folded w_qk with block-diagonal q/k
     rows in the fold's (in, out) storage, b_qk, and gradients of qk (padding columns zero) and of x_conv."""
-    inner, up_width, qk_width, _ = packed_layer_widths(EMBEDDING_DIM[size], 4)
-    B, (H, W) = BATCH[size], GRID
+    inner, up_width, qk_width, _ = packed_layer_widths(vil_embedding_dim(size), 4)
+    B, (H, W) = VIL_BATCH[size], GRID
     g = torch.Generator(device="cuda").manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, device="cuda", generator=g)
     x = randn(B, H * W, up_width).bfloat16()[..., :inner]
@@ -117,7 +116,7 @@ def measure(size: str) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(BATCH))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(VIL_BATCH))
     parser.add_argument("--out", default="benchmarks/results/conv_qk_ops.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -18,21 +18,20 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, packed_layer_widths, print_table, tile_sweep, write_results
+from benchmarks.common import (
+    VIL_BATCH, graph_ms, packed_layer_widths, print_table, tile_sweep, vil_embedding_dim, write_results)
 from xlstm_core import conv_qk_triton as cq
 
-BATCH = {"tiny": 256, "small": 256, "base": 128}
-EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}  # ViL-T/S/B, 4 heads each
 GRID, BLOCK = (14, 14), 4
 CANDIDATES = list(itertools.product((32, 64, 128), (32, 64), (2, 4, 8), (2, 4, 8, 16)))
 
 
 def _inputs(size: str) -> tuple[torch.Tensor, torch.Tensor]:
-    inner, _, qk_width, _ = packed_layer_widths(EMBEDDING_DIM[size], 4)
+    inner, _, qk_width, _ = packed_layer_widths(vil_embedding_dim(size), 4)
     g = torch.Generator(device="cuda").manual_seed(0)
     T = GRID[0] * GRID[1]
-    d_qk = torch.randn(BATCH[size], T, qk_width, device="cuda", generator=g, dtype=torch.bfloat16)
-    x_conv = torch.randn(BATCH[size], T, inner, device="cuda", generator=g, dtype=torch.bfloat16)
+    d_qk = torch.randn(VIL_BATCH[size], T, qk_width, device="cuda", generator=g, dtype=torch.bfloat16)
+    x_conv = torch.randn(VIL_BATCH[size], T, inner, device="cuda", generator=g, dtype=torch.bfloat16)
     return d_qk, x_conv
 
 
@@ -48,13 +47,13 @@ def _timed(config, d_qk, x_conv):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=list(BATCH), choices=list(BATCH))
+    parser.add_argument("--sizes", nargs="+", default=list(VIL_BATCH), choices=list(VIL_BATCH))
     parser.add_argument("--out", default="benchmarks/results/conv_qk_wgrad_tiles.json")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
         d_qk, x_conv = _inputs(size)
-        tile_sweep(f"{size} B{BATCH[size]} D{x_conv.shape[-1]}", (*cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM),
+        tile_sweep(f"{size} B{VIL_BATCH[size]} D{x_conv.shape[-1]}", (*cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM),
                    CANDIDATES, lambda config: _timed(config, d_qk, x_conv), rows)
     print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
     print("wrote", write_results(args.out, rows))

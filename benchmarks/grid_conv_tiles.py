@@ -18,12 +18,11 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
+from benchmarks.common import (
+    VIL_BATCH, graph_ms, max_rel_err, packed_layer_widths, row, vil_embedding_dim, write_results)
 
 CANDIDATES = [(bt, bd, warps) for bt, bd, warps in itertools.product((8, 16, 32), (32, 64, 128), (1, 2, 4))
               if bt * bd // (32 * warps) >= 4]  # at least 4 elements per thread
-BATCH = {"tiny": 256, "small": 256, "base": 128}
-EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}  # ViL-T/S/B, 4 heads each
 GRID = (14, 14)
 
 
@@ -31,8 +30,8 @@ def sweep(size: str) -> list[dict]:
     """Rows of kernel time (GPU ms per call) and error per candidate, plus the same-run baselines."""
     from xlstm_core import grid_conv_triton as gc
 
-    inner, width, *_ = packed_layer_widths(EMBEDDING_DIM[size], 4)
-    B, (H, W) = BATCH[size], GRID
+    inner, width, *_ = packed_layer_widths(vil_embedding_dim(size), 4)
+    B, (H, W) = VIL_BATCH[size], GRID
     g = torch.Generator(device="cuda").manual_seed(0)
     up = torch.randn(B, H * W, width, device="cuda", generator=g).bfloat16()
     x = up[..., :inner]
@@ -69,7 +68,7 @@ def _print(rows: list[dict]) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(BATCH))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"], choices=list(VIL_BATCH))
     parser.add_argument("--out", default="benchmarks/results/grid_conv_tiles.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -17,21 +17,20 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, packed_layer_widths, print_table, tile_sweep, write_results
+from benchmarks.common import (
+    VIL_BATCH, graph_ms, packed_layer_widths, print_table, tile_sweep, vil_embedding_dim, write_results)
 from xlstm_core import grid_conv_triton as gc
 
-BATCH = {"tiny": 256, "small": 256, "base": 128}
-EMBEDDING_DIM = {"tiny": 192, "small": 384, "base": 768}
 GRID = (14, 14)
 CANDIDATES = list(itertools.product((4, 8, 16), (32, 64, 128), (1, 2, 4), (4, 8, 16)))
 
 
 def _inputs(size: str) -> tuple[torch.Tensor, torch.Tensor]:
-    inner, up_width, *_ = packed_layer_widths(EMBEDDING_DIM[size], 4)
+    inner, up_width, *_ = packed_layer_widths(vil_embedding_dim(size), 4)
     g = torch.Generator(device="cuda").manual_seed(0)
     T = GRID[0] * GRID[1]
-    up = torch.randn(BATCH[size], T, up_width, device="cuda", generator=g, dtype=torch.bfloat16)
-    du = torch.randn(BATCH[size], T, inner, device="cuda", generator=g, dtype=torch.bfloat16)
+    up = torch.randn(VIL_BATCH[size], T, up_width, device="cuda", generator=g, dtype=torch.bfloat16)
+    du = torch.randn(VIL_BATCH[size], T, inner, device="cuda", generator=g, dtype=torch.bfloat16)
     return du, up[..., :inner]
 
 
@@ -47,7 +46,7 @@ def _timed(config, du, x):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=list(BATCH), choices=list(BATCH))
+    parser.add_argument("--sizes", nargs="+", default=list(VIL_BATCH), choices=list(VIL_BATCH))
     parser.add_argument("--out", default="benchmarks/results/grid_conv_wgrad_tiles.json")
     args = parser.parse_args()
     rows = []
@@ -55,7 +54,7 @@ def main() -> None:
         du, x = _inputs(size)
         wide = x.shape[-1] > gc.WIDE_WGRAD_CHANNELS
         pinned = (*gc.WGRAD_TILES, gc.WIDE_WGRAD_PROGRAMS_PER_SM if wide else gc.WGRAD_PROGRAMS_PER_SM)
-        tile_sweep(f"{size} B{BATCH[size]} D{x.shape[-1]}", pinned, CANDIDATES,
+        tile_sweep(f"{size} B{VIL_BATCH[size]} D{x.shape[-1]}", pinned, CANDIDATES,
                    lambda config: _timed(config, du, x), rows)
     print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
     print("wrote", write_results(args.out, rows))

@@ -24,9 +24,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import write_results
+from benchmarks.common import VIL_BATCH, write_results
 
-SIZES = ("tiny", "small", "base")
 MODES = ("train", "infer")
 RESULT_TAG = "VIL_AB_RESULT "
 
@@ -137,7 +136,7 @@ def launch_worker(tree: Path, size: str, modes: list[str], batch: int, runs: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", required=True, help="name=tree, the baseline first")
-    parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=SIZES)
+    parser.add_argument("--sizes", nargs="+", default=["tiny"], choices=list(VIL_BATCH))
     parser.add_argument("--modes", nargs="+", default=["train"], choices=MODES)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)

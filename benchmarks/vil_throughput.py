@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import timm
 
-from benchmarks.common import gpu_kernel_time
+from benchmarks.common import VIL_BATCH, gpu_kernel_time
 
 # importing vision also registers the ViL models with timm
 from vision.throughput import synthetic_steps
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         backends, sizes, img, batches, warmup, iters = ["torch"], ["tiny"], 64, {"tiny": 2}, 1, 2
     else:
         backends, sizes, img, warmup, iters = args.backends, args.sizes, 224, 3, 10
-        batches = {"tiny": 256, "small": 256, "base": 128}
+        batches = VIL_BATCH
     out = args.out or ("outputs/vision/vil_throughput_quick.json" if args.quick
                        else "benchmarks/results/vil_throughput.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
