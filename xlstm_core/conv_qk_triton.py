@@ -42,12 +42,13 @@ from xlstm_core.column_sums_triton import column_sums
 # Session 24 (the backward reads the stored silu'(u)): the input gradient's tiles are the fastest of 6 configs at
 # ViL-T, -S and -B, and the training forward (which stores silu'(u)) takes TRAIN_FWD_TILES, the fastest of 32 configs
 # at all three (-2 to -18 us per block against FWD_TILES, which stays the fastest without the store).
-FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (128, 64, 4), (64, 64, 4)
+FWD_TILES, GATE_TILES, DGRAD_TILES, WGRAD_TILES = (32, 64, 2), (64, 64, 4), (128, 64, 4), (128, 64, 4)
 TRAIN_FWD_TILES = (16, 64, 2)
-# The weight-gradient launch splits the tokens into ranges so that it has about this many programs per SM (the value
-# of the grid conv's setting, which it read until session 28; `python -m benchmarks.conv_qk_wgrad_tiles` sweeps it
-# with WGRAD_TILES).
-WGRAD_PROGRAMS_PER_SM = 4
+# The weight-gradient launch splits the tokens into ranges so that it has about this many programs per SM. Session 29's
+# H100 sweep of both (`python -m benchmarks.conv_qk_wgrad_tiles`, 72 configs per size) took WGRAD_TILES from
+# (64, 64, 4) to (128, 64, 4) and this from 4 to 2: 63.9 / 110.2 / 116.4 against 69.6 / 120.9 / 124.7 us per call at
+# ViL-T / -S / -B; ViL-T and ViL-S training +0.6% / +0.4% (benchmarks/results/vil_ab_s29.json).
+WGRAD_PROGRAMS_PER_SM = 2
 
 
 def _gate_block(width: int, inner: int) -> int:
