@@ -66,15 +66,16 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
     rows = sweep(*args.shape, cases=args.cases)
+    # The results are written before the long table is printed, so that a closed pipe (`| head`) loses nothing.
+    path = write_results(args.out, rows, note=(
+        "norm-skip-gate chain ops (xlstm_core/norm_gate_triton._forward / _backward, the latter with its partial-sum "
+        "reduction), bf16; tile: (tokens per block, warps) forward, (tokens per block, blocks per program, warps) "
+        "backward; backward memory floor ~0.09 ms at ViL-T's shape."))
     print(f"{'op':>4s} {'tile':>12s} {'ms':>8s} {'err vs pin':>10s}")
     for r in sorted(rows, key=lambda r: (r["metric"], r["value"])):
         mark = "  (pinned)" if r["pinned"] else ""
         print(f"{r['metric'][:3]:>4s} {str(tuple(r['tile'])):>12s} {r['value']:8.4f} "
               f"{r['rel_err_vs_pinned']:10.2e}{mark}")
-    path = write_results(args.out, rows, note=(
-        "norm-skip-gate chain ops (xlstm_core/norm_gate_triton._forward / _backward, the latter with its partial-sum "
-        "reduction), bf16; tile: (tokens per block, warps) forward, (tokens per block, blocks per program, warps) "
-        "backward; backward memory floor ~0.09 ms at ViL-T's shape."))
     print(f"wrote {path}")
 
 

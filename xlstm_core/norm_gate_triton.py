@@ -33,7 +33,9 @@ from xlstm_core.column_sums_triton import column_sums
 # 0.972 -> 0.108 / 0.337 ms (ViL-B). Session 26, the backward with blocks per program: at ViL-S 0.351 -> 0.317 ms
 # at the same tile (the kernel's new form alone; the cause was not isolated), at ViL-B 0.337 -> 0.310 (25 blocks of
 # 2 tokens per program, 13x fewer partial sums); ViL-T's unchanged (0.160; several blocks per program lost there,
-# 0.174 ms at best).
+# 0.174 ms at best). Session 29, with the partial sums reduced in Triton: re-swept at ViL-T's and ViL-S's heads (40
+# configs each; norm_gate_bwd_sweep_s29.json, norm_gate_bwd_sweep_small_s29.json), both pins still the fastest
+# (0.155 and 0.311 ms; the next 0.161 and 0.314).
 TILES = ((96, {"fwd": (8, 2), "bwd": (16, 1, 1)}), (192, {"fwd": (4, 2), "bwd": (8, 1, 1)}),
          (384, {"fwd": (4, 4), "bwd": (2, 25, 1)}), (1 << 30, {"fwd": (4, 4), "bwd": (2, 1, 1)}))
 
