@@ -99,8 +99,7 @@ def dkdv_head_kernel_gluon(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK
     acc_k2 = warpgroup_mma_init(gl.zeros([BJ, XB], gl.float32, lb))
     acc_v1 = warpgroup_mma_init(gl.zeros([BJ, XA], gl.float32, la))
     acc_v2 = warpgroup_mma_init(gl.zeros([BJ, XB], gl.float32, lb))
-    # the score and dP products overwrite the previous step's (use_acc=False), so that no instruction but a product
-    # writes their registers inside the pipeline (ptxas serialises the products otherwise)
+    # the score and dP products overwrite the previous step's registers (use_acc=False)
     s = gl.zeros([BJ, BR], gl.float32, ls)
     dp = gl.zeros([BJ, BR], gl.float32, ls)
     step = 0
@@ -133,7 +132,7 @@ def dkdv_head_kernel_gluon(Q, K, V, DH, DK_OUT, DV_OUT, G, MX, ALPHA, DELTA, KDK
         ds = ((dp * alpha[None, :] + delta[None, :]) * decay).to(dtype)
         acc_k1 = warpgroup_mma(gl.convert_layout(ds, opa), q1.index(buf), acc_k1, is_async=True)
         acc_k2 = warpgroup_mma(gl.convert_layout(ds, opb), q2.index(buf), acc_k2, is_async=True)
-        # the other buffer was last read by the previous step's products, all done at the scores' wait
+        # the other buffer's last readers, the previous step's products, are done
         nbuf = 1 - buf
         q1.index(nbuf).store(nq1)
         q2.index(nbuf).store(nq2)
