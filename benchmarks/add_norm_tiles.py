@@ -15,7 +15,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, print_table, tile_sweep, write_results
+from benchmarks.common import graph_ms, save_sweep, settings, tile_sweep
 from xlstm_core import add_norm_triton as an
 
 CANDIDATES = list(itertools.product((2, 4, 8, 16), (1, 2, 4, 8, 16), (1, 2, 4)))
@@ -31,13 +31,10 @@ def _backward_args(D: int, B: int = 256, T: int = 196) -> tuple:
 
 
 def _timed(D: int, tiles: tuple[int, int, int], args: tuple):
-    saved = an.TILES
-    an.TILES = tuple((bound, {**cases, "bwd": tiles} if D <= bound else cases) for bound, cases in saved)
-    try:
+    with settings(an, TILES=tuple((bound, {**cases, "bwd": tiles} if D <= bound else cases)
+                                  for bound, cases in an.TILES)):
         grads = an._backward(*args)
         return graph_ms(lambda: an._backward(*args)) * 1e3, grads
-    finally:
-        an.TILES = saved
 
 
 def main() -> None:
@@ -50,8 +47,7 @@ def main() -> None:
         bwd_args = _backward_args(D)
         tile_sweep(f"D{D} B256 T196", an._tiles("bwd", D), CANDIDATES, lambda tiles: _timed(D, tiles, bwd_args),
                    rows, field="tiles")
-    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
-    print("wrote", write_results(args.out, rows))
+    save_sweep(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import VIL_BATCH, graph_ms, print_table, row, write_results
+from benchmarks.common import VIL_BATCH, graph_ms, row, save_sweep, settings
 from xlstm_core import add_norm_triton, column_sums_triton, conv_qk_triton, grid_conv_triton, norm_gate_triton
 
 CALLERS = (add_norm_triton, norm_gate_triton, grid_conv_triton, conv_qk_triton)
@@ -54,13 +54,6 @@ def buffer_shapes(size: str) -> dict[tuple[int, ...], list]:
     return shapes
 
 
-def _configured(tiles, min_rows, target):
-    cs = column_sums_triton
-    saved = cs.TILES, cs.MIN_SPLIT_ROWS, cs.TARGET_PROGRAMS
-    cs.TILES, cs.MIN_SPLIT_ROWS, cs.TARGET_PROGRAMS = tiles, min_rows, target
-    return saved
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
@@ -78,12 +71,9 @@ def main() -> None:
             rows.append(row("torch.sum", case, "time", base, "us", calls_per_step=calls))
             best = None
             for config in itertools.product(TILES, MIN_SPLIT_ROWS, TARGET_PROGRAMS):
-                saved = _configured(*config)
-                try:
+                with settings(cs, TILES=config[0], MIN_SPLIT_ROWS=config[1], TARGET_PROGRAMS=config[2]):
                     torch.testing.assert_close(cs.column_sums(x), expected, rtol=1e-4, atol=1e-3)
                     us = graph_ms(lambda: cs.column_sums(x)) * 1e3
-                finally:
-                    _configured(*saved)
                 impl = "ours:triton pinned" if config == pinned else "ours:triton candidate"
                 rows.append(row(impl, case, "time", us, "us", tiles=config[0], min_split_rows=config[1],
                                 target_programs=config[2]))
@@ -92,8 +82,7 @@ def main() -> None:
             rows.append(row("ours:triton best", case, "time", best[0], "us", config=best[1]))
             print(f"{case} ({calls} calls per step): torch {base:.1f} us, best {best[0]:.1f} us at {best[1]}",
                   flush=True)
-    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
-    print("wrote", write_results(args.out, rows))
+    save_sweep(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Shared benchmark plumbing: environment record, CUDA timing, peak memory, the results schema and a table."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -125,6 +126,29 @@ def tile_sweep(case: str, pinned, candidates, timed: Callable, rows: list[dict],
     rows.append(row("ours:triton best", case, "time", best[0], "us", **{field: best[1]}))
     print(f"{case}: pinned {pinned} {pinned_us:.1f} us, best {best[1]} {best[0]:.1f} us", flush=True)
     return best
+
+
+@contextlib.contextmanager
+def settings(module, **values) -> Iterator[None]:
+    """Module-level kernel settings (tiles, splits) replaced by `values` inside the block, restored after it, so
+    that a sweep times a candidate through the op's own launch code."""
+    saved = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+def save_sweep(path: str | Path, rows: list[dict]) -> Path:
+    """Write a tile sweep's rows, then print its pinned and best configs per case. Written first, so that a closed
+    pipe (`| head`) loses no measurement."""
+    written = write_results(path, rows)
+    print("wrote", written)
+    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
+    return written
 
 
 def write_results(path: str | Path, rows: list[dict], **extra) -> Path:

@@ -19,7 +19,7 @@ import itertools
 import torch
 
 from benchmarks.common import (
-    VIL_BATCH, graph_ms, packed_layer_widths, print_table, tile_sweep, vil_embedding_dim, write_results)
+    VIL_BATCH, graph_ms, packed_layer_widths, save_sweep, settings, tile_sweep, vil_embedding_dim)
 from xlstm_core import conv_qk_triton as cq
 
 GRID, BLOCK = (14, 14), 4
@@ -36,13 +36,9 @@ def _inputs(size: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _timed(config, d_qk, x_conv):
-    saved = cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM
-    cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM = config[:3], config[3]
-    try:
+    with settings(cq, WGRAD_TILES=config[:3], WGRAD_PROGRAMS_PER_SM=config[3]):
         grads = cq._projection_grads(d_qk, x_conv, BLOCK)
         return graph_ms(lambda: cq._projection_grads(d_qk, x_conv, BLOCK)) * 1e3, grads
-    finally:
-        cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM = saved
 
 
 def main() -> None:
@@ -55,8 +51,7 @@ def main() -> None:
         d_qk, x_conv = _inputs(size)
         tile_sweep(f"{size} B{VIL_BATCH[size]} D{x_conv.shape[-1]}", (*cq.WGRAD_TILES, cq.WGRAD_PROGRAMS_PER_SM),
                    CANDIDATES, lambda config: _timed(config, d_qk, x_conv), rows)
-    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
-    print("wrote", write_results(args.out, rows))
+    save_sweep(args.out, rows)
 
 
 if __name__ == "__main__":

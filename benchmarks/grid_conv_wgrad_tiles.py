@@ -18,7 +18,7 @@ import itertools
 import torch
 
 from benchmarks.common import (
-    VIL_BATCH, graph_ms, packed_layer_widths, print_table, tile_sweep, vil_embedding_dim, write_results)
+    VIL_BATCH, graph_ms, packed_layer_widths, save_sweep, settings, tile_sweep, vil_embedding_dim)
 from xlstm_core import grid_conv_triton as gc
 
 GRID = (14, 14)
@@ -35,13 +35,9 @@ def _inputs(size: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _timed(config, du, x):
-    saved = gc.WGRAD_TILES, gc.WGRAD_PROGRAMS_PER_SM, gc.WIDE_WGRAD_PROGRAMS_PER_SM
-    gc.WGRAD_TILES, gc.WGRAD_PROGRAMS_PER_SM, gc.WIDE_WGRAD_PROGRAMS_PER_SM = config[:3], config[3], config[3]
-    try:
+    with settings(gc, WGRAD_TILES=config[:3], WGRAD_PROGRAMS_PER_SM=config[3], WIDE_WGRAD_PROGRAMS_PER_SM=config[3]):
         sums = gc._weight_grads(du, x, *GRID)
         return graph_ms(lambda: gc._weight_grads(du, x, *GRID)) * 1e3, sums
-    finally:
-        gc.WGRAD_TILES, gc.WGRAD_PROGRAMS_PER_SM, gc.WIDE_WGRAD_PROGRAMS_PER_SM = saved
 
 
 def main() -> None:
@@ -56,8 +52,7 @@ def main() -> None:
         pinned = (*gc.WGRAD_TILES, gc.WIDE_WGRAD_PROGRAMS_PER_SM if wide else gc.WGRAD_PROGRAMS_PER_SM)
         tile_sweep(f"{size} B{VIL_BATCH[size]} D{x.shape[-1]}", pinned, CANDIDATES,
                    lambda config: _timed(config, du, x), rows)
-    print_table([r for r in rows if r["impl"] != "ours:triton candidate"])
-    print("wrote", write_results(args.out, rows))
+    save_sweep(args.out, rows)
 
 
 if __name__ == "__main__":

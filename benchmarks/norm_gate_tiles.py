@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, write_results
+from benchmarks.common import graph_ms, max_rel_err, packed_layer_widths, row, settings, write_results
 
 # (tokens per block, warps) of the forward; (tokens per block, blocks per program, warps) of the backward.
 CANDIDATES = {"fwd": list(itertools.product((4, 8, 16, 32), (1, 2, 4))),
@@ -41,19 +41,18 @@ def sweep(B: int, T: int, NH: int, DH: int, cases=("fwd", "bwd")) -> list[dict]:
     dy, h, x_skip, z, (weight, bias, skip) = _inputs(B, T, NH, DH)
     ops = {"fwd": lambda: [ng._forward(h, x_skip, z, weight, bias, skip, 1e-6)],
            "bwd": lambda: ng._backward(dy, h, x_skip, z, weight, bias, skip, 1e-6)}
-    shape, pinned_table = f"B{B}-T{T}-NH{NH}-DH{DH}", ng.TILES
+    shape = f"B{B}-T{T}-NH{NH}-DH{DH}"
     pinned = {case: ng.tiles(case, DH) for case in ops}
     rows = []
     for case in cases:
         op = ops[case]
         reference = [t.clone() for t in op()]
         for tile in CANDIDATES[case]:
-            ng.TILES = ((1 << 30, pinned | {case: tile}),)
-            err = max_rel_err(op(), reference)
-            ms = graph_ms(op)
+            with settings(ng, TILES=((1 << 30, pinned | {case: tile}),)):
+                err = max_rel_err(op(), reference)
+                ms = graph_ms(op)
             rows.append(row("ours:triton", f"norm_gate_{case}:{shape}", f"{case}_time", round(ms, 4), "ms",
                             tile=list(tile), rel_err_vs_pinned=round(err, 7), pinned=tile == pinned[case]))
-        ng.TILES = pinned_table
     return rows
 
 
